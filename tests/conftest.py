@@ -1,0 +1,60 @@
+"""Shared fixtures: real speech from espeak-ng, the shared fixtures folder, isolated caches."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_caches(tmp_path_factory):
+    # onnxruntime and espeak-ng write under ~/.cache and ~/.config; keep test runs out of $HOME.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def espeak(text: str, sample_rate: int = 16000) -> np.ndarray:
+    """``text`` spoken by espeak-ng, resampled by sox to ``sample_rate``, as float32 mono."""
+    import soundfile
+
+    for tool in ("espeak-ng", "sox"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is needed for speech fixtures: sudo apt install espeak-ng sox")
+    raw = subprocess.run(["espeak-ng", "-v", "en-us", "--stdout", text], check=True, capture_output=True).stdout
+    wav = subprocess.run(
+        ["sox", "-t", "wav", "-", "-t", "wav", "-r", str(sample_rate), "-c", "1", "-b", "16", "-"],
+        input=raw, check=True, capture_output=True,
+    ).stdout
+    import io
+
+    samples, rate = soundfile.read(io.BytesIO(wav), dtype="float32")
+    assert rate == sample_rate
+    return samples
+
+
+@pytest.fixture(scope="session")
+def speech_16k() -> np.ndarray:
+    """About 6 s: silence, two spoken sentences with a pause, silence."""
+    silence = np.zeros(8000, dtype=np.float32)
+    a = espeak("The quick brown fox jumps over the lazy dog.")
+    b = espeak("Please turn on the kitchen lights.")
+    return np.concatenate([silence, a, silence, silence, b, silence])
+
+
+@pytest.fixture(scope="session")
+def fixture_recording() -> tuple[np.ndarray, int]:
+    """The recording in the shared fixtures (16 kHz mono)."""
+    import soundfile
+
+    path = SHARED_FIXTURES / "freeze_omni_small" / "input.wav"
+    samples, rate = soundfile.read(str(path), dtype="float32")
+    return samples, rate
