@@ -1,0 +1,1 @@
+"""Components, one per file; each has forward() and an exportable step(x, *state)."""

@@ -1,0 +1,21 @@
+"""Export-side recipes: which torch components make up a model, with which weights (torch lives here).
+
+``load_recipe(name)`` builds a recipe's components with their real weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from edgevoice.errors import EdgevoiceError
+
+# model name -> module with a ``recipe(sample_rate=...)`` function
+RECIPES = {
+    "silero-vad": "edgevoice.recipes.silero_vad",
+}
+
+
+def load_recipe(name: str, **options):
+    if name not in RECIPES:
+        raise EdgevoiceError(f"unknown model '{name}'; known models: {', '.join(sorted(RECIPES))}")
+    return importlib.import_module(RECIPES[name]).recipe(**options)

@@ -1,0 +1,1 @@
+"""Loaders from upstream weight formats into edgevoice's torch components (strict accounting)."""
