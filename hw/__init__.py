@@ -1,0 +1,1 @@
+"""Target hardware profiles: JSON data only, read by edgevoice.targets (no code lives here)."""
