@@ -1,0 +1,43 @@
+"""`edgevoice build`: TensorRT engines for every component of a package, on this machine's GPU.
+
+The engines, their hashes, the TensorRT version and the GPU's compute capability go into the
+manifest, which the runtime checks before deserializing anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from edgevoice.export.build_script import engine_spec
+from edgevoice.export.to_trt import build_engine, require_tensorrt_and_gpu
+from edgevoice.manifest import EngineInfo, Manifest, file_record, read_manifest, write_manifest
+from edgevoice.targets import TargetProfile
+
+
+def build_package(package: str | Path, progress: Callable[[str], None] | None = None) -> Manifest:
+    """Build every component's engine into ``package`` and return the updated, verified manifest."""
+    say = progress or (lambda _: None)
+    manifest = read_manifest(package)
+    require_tensorrt_and_gpu()  # checks the GPU before any TensorRT object exists
+    target = TargetProfile.from_dict(manifest.target, source=str(manifest.path("manifest.json")))
+    components, files = dict(manifest.components), dict(manifest.files)
+    for name, component in manifest.components.items():
+        say(f"{name}: building TensorRT engine (this can take minutes)")
+        spec = engine_spec(manifest.directory, component, target)
+        info = build_engine(spec)
+        engine = EngineInfo(
+            file=spec.engine_path.name,
+            tensorrt_version=info["tensorrt_version"],
+            compute_capability=info["compute_capability"] or "unknown",
+            device_name=info["device_name"] or "unknown",
+            build_flags={"workspace_mb": spec.workspace_mb, "builder_optimization_level": spec.builder_optimization_level},
+        )
+        components[name] = replace(component, engine=engine)
+        files[engine.file] = file_record(spec.engine_path)
+    if spec.timing_cache_path is not None and spec.timing_cache_path.is_file():
+        files[spec.timing_cache_path.name] = file_record(spec.timing_cache_path)
+    updated = replace(manifest, components=components, files=files)
+    write_manifest(updated)
+    return read_manifest(updated.directory)

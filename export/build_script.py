@@ -1,0 +1,67 @@
+"""The on-target build recipe carried in every package: engine specs and equivalent trtexec lines.
+
+`edgevoice build` uses the same specs through the TensorRT Python API; build.sh is for devices
+where only JetPack's trtexec is at hand.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgevoice.export.to_trt import EngineBuildSpec, trtexec_command
+from edgevoice.manifest import Component
+from edgevoice.targets import TargetProfile
+
+BUILD_SCRIPT = "build.sh"
+TIMING_CACHE = "timing.cache"
+
+
+def engine_file(component: Component) -> str:
+    return f"{component.name}.{component.precision}.plan"
+
+
+def profile_shapes(component: Component) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """min/opt/max shape of every input, from the named dynamic dims' ranges."""
+    shapes = {}
+    for spec in component.inputs:
+        triple = []
+        for which in ("min", "opt", "max"):
+            dims = []
+            for d in spec.shape:
+                dims.append(getattr(component.dynamic_dims[d], which) if isinstance(d, str) else d)
+            triple.append(tuple(dims))
+        shapes[spec.name] = tuple(triple)
+    return shapes
+
+
+def engine_spec(directory: Path, component: Component, target: TargetProfile) -> EngineBuildSpec:
+    return EngineBuildSpec(
+        onnx_path=directory / component.onnx,
+        engine_path=directory / engine_file(component),
+        profiles=(profile_shapes(component),),
+        workspace_mb=target.build.workspace_mb or 1024,
+        builder_optimization_level=target.build.builder_optimization_level,
+        timing_cache_path=directory / TIMING_CACHE,
+    )
+
+
+def write_build_script(directory: Path, components: dict[str, Component], target: TargetProfile) -> list[str]:
+    """Write build.sh (run from inside the package directory); return the file names written."""
+    lines = [
+        "#!/usr/bin/env sh",
+        f"# Builds the TensorRT engines of this package for {target.name} ({target.software_stack}).",
+        "# Run it on the target itself: engines only run on the GPU and TensorRT version that built them.",
+        "# `edgevoice build .` does the same through the Python API and records the engines in manifest.json;",
+        "# engines built by this script are not recorded there.",
+        "set -e",
+        'cd "$(dirname "$0")"',
+        'TRTEXEC="${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}"',
+    ]
+    for component in components.values():
+        spec = engine_spec(Path("."), component, target)
+        command = trtexec_command(spec, trtexec="trtexec")
+        lines.append('"$TRTEXEC"' + command[len("trtexec") :])  # the variable must stay unquoted-expandable
+    path = directory / BUILD_SCRIPT
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return [BUILD_SCRIPT]

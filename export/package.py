@@ -1,0 +1,133 @@
+"""`edgevoice export`: a recipe's torch components -> an engine package directory.
+
+Stages per component: ONNX export (precision baked in) -> onnx.checker -> TensorRT op check for
+TensorRT 10.3 and the target's version -> optional parity against onnxruntime. Then the build
+recipe (trtexec lines) and manifest.json with the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Callable
+
+from edgevoice import __version__
+from edgevoice.errors import EdgevoiceError
+from edgevoice.export.build_script import write_build_script
+from edgevoice.export.to_onnx import export_onnx, with_precision
+from edgevoice.export.trt_check import check_trt_compatibility
+from edgevoice.manifest import Component, Manifest, file_record, write_manifest
+from edgevoice.recipes import load_recipe
+from edgevoice.recipes.base import Recipe
+from edgevoice.targets import TargetProfile, check_precision, load_target
+
+JETPACK6_TRT = "10.3"  # every graph must parse on JetPack 6's TensorRT
+VERIFY_SECONDS = 4.0
+
+# (stage description) -> None; the CLI turns these into a progress display.
+Progress = Callable[[str], None]
+
+
+def export_package(
+    model: str,
+    target: str,
+    out: str | Path,
+    precision: str | None = None,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Export ``model`` for ``target`` into the directory ``out`` and return its verified manifest.
+
+    ``precision`` defaults to fp32, the exact reference; ask for fp16 on GPU targets (the target
+    profile's ``default_precision`` says what it runs best). With ``verify``, streamed
+    audio goes through torch and onnxruntime and the package records the max abs error per output;
+    a parity or upstream-reference failure raises.
+    """
+    say = progress or (lambda _: None)
+    profile = load_target(target)
+    precision = precision or "fp32"
+    if precision not in ("fp32", "fp16"):
+        raise EdgevoiceError(f"precision '{precision}' cannot be exported yet; choose fp32 or fp16")
+    check_precision(profile, precision)
+    out = _prepare_out_dir(Path(out))
+    say(f"loading {model} weights")
+    recipe = load_recipe(model)
+    command = _export_command(model, target, out, precision, verify)
+    components = {}
+    for component in recipe.components:
+        components[component.name] = _export_component(recipe, component, profile, precision, out, verify, say)
+    if verify and recipe.upstream_check is not None:
+        _check_upstream(recipe, say)
+    say("writing build recipe and manifest")
+    build_files = write_build_script(out, components, profile)
+    files = {c.onnx: file_record(out / c.onnx) for c in components.values()}
+    files.update({name: file_record(out / name) for name in build_files})
+    manifest = Manifest(
+        schema_version=1,
+        edgevoice_version=__version__,
+        recipe=recipe.name,
+        config=recipe.config,
+        target=profile.to_dict(),
+        export_command=command,
+        components=components,
+        files=files,
+        directory=out,
+    )
+    write_manifest(manifest)
+    return manifest
+
+
+def _export_component(recipe: Recipe, component, profile: TargetProfile, precision, out, verify, say) -> Component:
+    path = out / f"{component.name}.onnx"
+    say(f"{component.name}: exporting ONNX ({precision})")
+    component = with_precision(component, precision)
+    entry = export_onnx(component, path, precision, max_batch=profile.build.max_batch, opt_batch=profile.build.opt_batch)
+    say(f"{component.name}: TensorRT op check")
+    versions = sorted({JETPACK6_TRT, profile.tensorrt_version or JETPACK6_TRT})
+    results = {v: check_trt_compatibility(path, v) for v in versions}
+    failed = [r for r in results.values() if not r.ok]
+    if failed:
+        raise EdgevoiceError(f"{path.name} would not parse on TensorRT: {failed[0].summary()}")
+    parity = {}
+    if verify:
+        from edgevoice.export.verify import parity as run_parity
+
+        say(f"{component.name}: parity torch vs onnxruntime")
+        comparison = run_parity(component, entry, path, recipe.verify_audio(VERIFY_SECONDS))
+        if not comparison.ok:
+            raise EdgevoiceError(f"{path.name}: onnxruntime disagrees with torch: {comparison.summary()}")
+        parity = comparison.max_errors()
+    return _replace(entry, parity=parity, trt_check={v: r.summary() for v, r in results.items()})
+
+
+def _check_upstream(recipe: Recipe, say: Progress) -> None:
+    say("checking against the upstream reference model")
+    error = recipe.upstream_check(recipe.verify_audio(VERIFY_SECONDS))
+    if not error <= recipe.upstream_atol:
+        raise EdgevoiceError(
+            f"{recipe.name}: our torch port differs from the upstream model by {error:.2e} "
+            f"(> {recipe.upstream_atol:.0e}); the weights package may be another version"
+        )
+    recipe.config["upstream_max_abs_error"] = error
+
+
+def _replace(entry: Component, **changes) -> Component:
+    from dataclasses import replace
+
+    return replace(entry, **changes)
+
+
+def _prepare_out_dir(out: Path) -> Path:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".edgevoice-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise EdgevoiceError(f"cannot write to output directory {out} ({exc.strerror}); choose another --out") from exc
+    return out.resolve()
+
+
+def _export_command(model: str, target: str, out: Path, precision: str, verify: bool) -> str:
+    parts = ["edgevoice", "export", "--model", model, "--target", target, "--out", str(out), "--precision", precision]
+    return shlex.join(parts + (["--verify"] if verify else []))
