@@ -1,0 +1,1 @@
+"""The `edgevoice` command line: each command parses, makes one library call, and renders."""

@@ -1,0 +1,41 @@
+"""Entry point of the `edgevoice` command.
+
+User errors (EdgevoiceError) print one line on stderr and exit 1, with no traceback; anything else
+is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from edgevoice.cli import package_cmds, system_cmds, vad_cmd
+from edgevoice.errors import EdgevoiceError
+
+app = typer.Typer(
+    name="edgevoice",
+    help="Export speech models to ONNX/TensorRT engine packages and run them on-device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("export")(package_cmds.export)
+app.command("build")(package_cmds.build)
+app.command("inspect")(package_cmds.inspect)
+app.command("vad")(vad_cmd.vad)
+app.command("doctor")(system_cmds.doctor)
+app.command("devices")(system_cmds.devices)
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgevoiceError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

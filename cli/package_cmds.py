@@ -1,0 +1,81 @@
+"""`edgevoice export`, `build` and `inspect`: make, complete and describe engine packages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgevoice.manifest import Manifest, read_manifest
+
+console = Console()
+
+
+def export(
+    model: str = typer.Option("silero-vad", help="Model recipe to export (silero-vad)."),
+    target: str = typer.Option("cpu", help="Target profile from hw/ (e.g. cpu, jetson-orin, rtx-4090)."),
+    out: Path = typer.Option(..., help="Directory to write the engine package to."),
+    precision: str = typer.Option(None, help="fp32 (default, exact) or fp16 (GPU targets)."),
+    verify: bool = typer.Option(False, help="Check torch vs onnxruntime parity and the upstream model."),
+) -> None:
+    """Export MODEL's components to ONNX and write an engine package for TARGET."""
+    from edgevoice.export import export_package
+
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
+        manifest = export_package(
+            model=model, target=target, out=out, precision=precision, verify=verify,
+            progress=lambda stage: progress.update(task, description=stage),
+        )
+    console.print(component_table(manifest))
+    upstream = manifest.config.get("upstream_max_abs_error")
+    if upstream is not None:
+        console.print(f"torch port vs upstream {manifest.recipe}: max abs error {upstream:.1e}")
+    console.print(f"wrote {manifest.directory} — next: `edgevoice build {manifest.directory}` on the target GPU")
+
+
+def build(package: Path = typer.Argument(..., help="Engine package directory (from `edgevoice export`).")) -> None:
+    """Build TensorRT engines for PACKAGE on this machine's GPU and record them in its manifest."""
+    from edgevoice.export import build_package
+
+    with _progress() as progress:
+        task = progress.add_task("starting", total=None)
+        manifest = build_package(package, progress=lambda stage: progress.update(task, description=stage))
+    console.print(component_table(manifest))
+
+
+def inspect(
+    package: Path = typer.Argument(..., help="Engine package directory."),
+    json_output: bool = typer.Option(False, "--json", help="Print the verified manifest as JSON."),
+) -> None:
+    """Verify PACKAGE (hashes, schema) and describe its components."""
+    manifest = read_manifest(package)
+    if json_output:
+        print(json.dumps(manifest.describe(), indent=2))
+        return
+    console.print(f"[bold]{manifest.recipe}[/] for {manifest.target['name']} — verified ({len(manifest.files)} files)")
+    console.print(component_table(manifest))
+
+
+def component_table(manifest: Manifest) -> Table:
+    table = Table("component", "file", "size", "precision", "parity (max abs)", "TensorRT check", "engine")
+    for c in manifest.components.values():
+        size = manifest.files[c.onnx]["bytes"]
+        parity = "\n".join(f"{k} {v:.1e}" for k, v in c.parity.items()) or "not run"
+        checks = "\n".join(_short_check(v) for v in c.trt_check.values()) or "not run"
+        engine = f"{c.engine.file} (TRT {c.engine.tensorrt_version}, sm {c.engine.compute_capability})" if c.engine else "—"
+        table.add_row(c.name, c.onnx, f"{size / 1e6:.2f} MB", c.precision, parity, checks, engine)
+    return table
+
+
+def _short_check(summary: str) -> str:
+    # "TensorRT 10.3: OK (51 nodes, 0 warnings)" -> "TensorRT 10.3: OK"
+    return summary.split(" (")[0]
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
