@@ -10,6 +10,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from edgevoice.cli import package_cmds, system_cmds, vad_cmd
 from edgevoice.errors import EdgevoiceError
@@ -33,7 +34,8 @@ def main() -> None:
     try:
         app()
     except EdgevoiceError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # Text, not markup: messages hold brackets like `edgevoice[audio]` that rich would eat.
+        Console(stderr=True).print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgevoice.manifest import Manifest, read_manifest
+from edgevoice.manifest import Component, Manifest, read_manifest
 
 console = Console()
 
@@ -62,19 +62,29 @@ def inspect(
 
 
 def component_table(manifest: Manifest) -> Table:
-    table = Table("component", "file", "size", "precision", "parity (max abs)", "TensorRT check", "engine")
+    table = Table("component", "file", "size", "precision", "parity", "TensorRT", "engine")
     for c in manifest.components.values():
         size = manifest.files[c.onnx]["bytes"]
-        parity = "\n".join(f"{k} {v:.1e}" for k, v in c.parity.items()) or "not run"
-        checks = "\n".join(_short_check(v) for v in c.trt_check.values()) or "not run"
-        engine = f"{c.engine.file} (TRT {c.engine.tensorrt_version}, sm {c.engine.compute_capability})" if c.engine else "—"
-        table.add_row(c.name, c.onnx, f"{size / 1e6:.2f} MB", c.precision, parity, checks, engine)
+        table.add_row(c.name, c.onnx, f"{size / 1e6:.2f} MB", c.precision, _parity(c), _checks(c), _engine(c))
     return table
 
 
-def _short_check(summary: str) -> str:
-    # "TensorRT 10.3: OK (51 nodes, 0 warnings)" -> "TensorRT 10.3: OK"
-    return summary.split(" (")[0]
+def _parity(c: Component) -> str:
+    """Max abs error torch vs onnxruntime: the step's output, then the worst state."""
+    if not c.parity:
+        return "not run"
+    y = c.outputs[0].name
+    states = [v for k, v in c.parity.items() if k != y]
+    return f"{y} {c.parity[y]:.1e}" + (f"\nstate {max(states):.1e}" if states else "")
+
+
+def _checks(c: Component) -> str:
+    # "TensorRT 10.3: OK (51 nodes, 0 warnings)" -> "10.3 OK"
+    return "\n".join(f"{v} {'OK' if ': OK' in s else 'FAIL'}" for v, s in c.trt_check.items()) or "not run"
+
+
+def _engine(c: Component) -> str:
+    return f"{c.engine.file}\nTRT {c.engine.tensorrt_version}, sm {c.engine.compute_capability}" if c.engine else "—"
 
 
 def _progress() -> Progress:

@@ -23,7 +23,7 @@ def doctor(json_output: bool = typer.Option(False, "--json", help="Print the rep
     rows = [
         ("edgevoice", report["edgevoice"], ""),
         ("Python", report["python"], report["platform"]),
-        ("torch", report["torch"] or "not installed", "export only: pip install 'edgevoice[export]'"),
+        ("torch", report["torch"] or "not installed", "export only: pip install 'edgevoice\[export]'"),
         ("onnx", report["onnx"] or "not installed", "export only"),
         ("onnxruntime", ort["version"] or "not installed", ", ".join(ort["providers"])),
         ("CUDA GPUs", str(report["cuda_devices"]), f"compute capability {report['compute_capability']}" if report["cuda_devices"] else ""),
@@ -42,6 +42,9 @@ def devices(json_output: bool = typer.Option(False, "--json", help="Print device
     found = list_devices()
     if json_output:
         print(json.dumps(found, indent=2))
+        return
+    if not found:
+        Console().print("no audio devices found (PortAudio sees none); check `arecord -l` / `aplay -l`")
         return
     table = Table("index", "name", "host API", "in", "out", "rate")
     for d in found:

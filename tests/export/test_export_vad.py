@@ -1,0 +1,102 @@
+"""`export_package` end to end on Silero VAD: files, manifest, ONNX contract, checks, parity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from edgevoice.errors import EdgevoiceError
+from edgevoice.export import export_package
+from edgevoice.export.trt_check import check_trt_compatibility
+from edgevoice.manifest import read_manifest
+from edgevoice.recipes.silero_vad import upstream_probabilities
+from edgevoice.runtime import VadPipeline
+
+
+@pytest.fixture(scope="module")
+def jetson_package(tmp_path_factory):
+    return export_package(model="silero-vad", target="jetson-orin", out=tmp_path_factory.mktemp("vad"), verify=True)
+
+
+@pytest.fixture(scope="module")
+def fp16_package(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vad16")
+    return export_package(model="silero-vad", target="rtx-4090", out=out, precision="fp16", verify=True)
+
+
+def test_package_files_and_manifest(jetson_package):
+    directory = jetson_package.directory
+    assert sorted(p.name for p in directory.iterdir()) == ["build.sh", "manifest.json", "vad.onnx"]
+    manifest = read_manifest(directory, recipe="silero-vad")
+    assert manifest.target["name"] == "jetson-orin-agx"
+    vad = manifest.component("vad")
+    assert [t.name for t in vad.inputs] == ["chunk", "context", "lstm"]
+    assert [t.name for t in vad.outputs] == ["prob", "context_out", "lstm_out"]
+    assert vad.inputs[0].shape == ("batch", 512) and vad.inputs[2].shape == (2, "batch", 128)
+    assert vad.state == {"context_out": "context", "lstm_out": "lstm"}
+    assert vad.dynamic_dims["batch"].max == 4  # the AGX profile's max_batch
+    assert vad.stream == {"sample_rate": 16000, "chunk_samples": 512, "context_samples": 64}
+    assert "MIT" in vad.license
+
+
+def test_parity_and_upstream_within_1e4(jetson_package):
+    vad = jetson_package.component("vad")
+    assert set(vad.parity) == {"prob", "context_out", "lstm_out"}
+    assert max(vad.parity.values()) <= 1e-4
+    assert jetson_package.config["upstream_max_abs_error"] <= 1e-4
+
+
+def test_onnx_graph_contract(jetson_package):
+    path = jetson_package.path("vad.onnx")
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert model.opset_import[0].version == 20
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["component"] == "vad" and json.loads(meta["state"]) == {"context_out": "context", "lstm_out": "lstm"}
+    assert check_trt_compatibility(model, "10.3").ok
+    assert "TensorRT 10.3: OK" in jetson_package.component("vad").trt_check["10.3"]
+
+
+def test_packaged_graph_matches_upstream_on_speech(jetson_package, speech_16k):
+    probs = VadPipeline(jetson_package.directory).probabilities(speech_16k, 16000)
+    usable = len(speech_16k) // 512
+    assert np.max(np.abs(probs[:usable] - upstream_probabilities(speech_16k, 16000))) <= 1e-4
+
+
+def test_segments_of_two_sentences(jetson_package, speech_16k):
+    segments = VadPipeline(jetson_package.directory).segments(speech_16k, 16000)
+    assert len(segments) >= 2
+    assert segments[0].start >= 0.3  # 0.5 s of leading silence
+    assert segments[-1].end <= len(speech_16k) / 16000 - 0.3
+
+
+def test_fp16_variant_is_baked_into_the_graph(fp16_package):
+    model = onnx.load(str(fp16_package.path("vad.onnx")))
+    types = {init.data_type for init in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in types
+    vad = fp16_package.component("vad")
+    assert vad.precision == "fp16" and vad.inputs[0].dtype == "float32"  # I/O stays float32
+    assert vad.parity["prob"] < 1e-2
+    assert set(vad.trt_check) == {"10.3", "11.4"}
+
+
+def test_fp16_refused_on_cpu_target(tmp_path):
+    with pytest.raises(EdgevoiceError, match="does not support precision 'fp16'"):
+        export_package(model="silero-vad", target="cpu", out=tmp_path, precision="fp16")
+
+
+def test_unknown_model_and_target(tmp_path):
+    with pytest.raises(EdgevoiceError, match="unknown model 'whisper-huge'; known models: silero-vad"):
+        export_package(model="whisper-huge", target="cpu", out=tmp_path)
+    with pytest.raises(EdgevoiceError, match="unknown target 'jetson-tx2'.*jetson-orin-nano"):
+        export_package(model="silero-vad", target="jetson-tx2", out=tmp_path)
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(EdgevoiceError, match="cannot write to output directory"):
+        export_package(model="silero-vad", target="cpu", out=blocker / "pkg")
