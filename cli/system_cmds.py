@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgevoice.audio.devices import list_devices
@@ -23,7 +24,7 @@ def doctor(json_output: bool = typer.Option(False, "--json", help="Print the rep
     rows = [
         ("edgevoice", report["edgevoice"], ""),
         ("Python", report["python"], report["platform"]),
-        ("torch", report["torch"] or "not installed", "export only: pip install 'edgevoice\[export]'"),
+        ("torch", report["torch"] or "not installed", escape("export only: pip install 'edgevoice[export]'")),
         ("onnx", report["onnx"] or "not installed", "export only"),
         ("onnxruntime", ort["version"] or "not installed", ", ".join(ort["providers"])),
         ("CUDA GPUs", str(report["cuda_devices"]), f"compute capability {report['compute_capability']}" if report["cuda_devices"] else ""),
