@@ -42,11 +42,23 @@ class StateSpec:
         return torch.zeros(shape, dtype=self.dtype)
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """A non-state input of a step. String dims are named dynamic dims ("batch", "tokens" ...)."""
+
+    name: str  # graph input name
+    shape: tuple[int | str, ...]
+    dtype: torch.dtype = torch.float32
+
+
 class StreamingModule(nn.Module):
     """Base class of a component with a pure, exportable ``step``.
 
-    Subclasses define ``state_specs()``, ``step(x, *state)`` and ``forward(x)`` (the
-    full-sequence call). ``chunk_size`` is the number of input frames/samples one step takes.
+    Subclasses define ``state_specs()``, ``step(*inputs, *state) -> (*outputs, *new_state)`` and
+    ``forward(x)`` (the full-sequence call). By default a step takes one input ``x`` of shape
+    (batch, chunk_size) and returns one output ``y``; components with more inputs (token ids and a
+    position, say) or outputs override ``input_specs``/``output_names``, and declare the range of
+    every named dim other than "batch" in ``dim_ranges``.
     """
 
     chunk_size: int = 1
@@ -65,10 +77,20 @@ class StreamingModule(nn.Module):
     def state_specs(self) -> tuple[StateSpec, ...]:
         raise NotImplementedError
 
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return (InputSpec("x", ("batch", self.chunk_size)),)
+
+    def output_names(self) -> tuple[str, ...]:
+        return ("y",)
+
+    def dim_ranges(self) -> dict[str, tuple[int, int, int]]:
+        """(min, opt, max) of each named dim except "batch" (the target profile sets that one)."""
+        return {}
+
     def init_state(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         return tuple(spec.zeros(batch_size) for spec in self.state_specs())
 
-    def step(self, x: torch.Tensor, *state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def step(self, *inputs_and_state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def streamer(self, batch_size: int = 1) -> "Streamer":
@@ -87,10 +109,12 @@ class Streamer:
         self.state = self.module.init_state(self.batch_size)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y, *new_state = self.module.step(x, *self.state)
-        self.state = tuple(new_state)
-        return y
+    def __call__(self, *inputs: torch.Tensor):
+        """One step; returns the output, or a tuple of outputs when the step has several."""
+        results = self.module.step(*inputs, *self.state)
+        n = len(self.module.output_names())
+        self.state = tuple(results[n:])
+        return results[0] if n == 1 else tuple(results[:n])
 
     def snapshot(self) -> tuple[torch.Tensor, ...]:
         """A copy of the state that later calls cannot change."""

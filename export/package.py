@@ -22,7 +22,6 @@ from edgevoice.recipes.base import Recipe
 from edgevoice.targets import TargetProfile, check_precision, load_target
 
 JETPACK6_TRT = "10.3"  # every graph must parse on JetPack 6's TensorRT
-VERIFY_SECONDS = 4.0
 
 # (stage description) -> None; the CLI turns these into a progress display.
 Progress = Callable[[str], None]
@@ -89,11 +88,11 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
     if failed:
         raise EdgevoiceError(f"{path.name} would not parse on TensorRT: {failed[0].summary()}")
     parity = {}
-    if verify:
+    if verify and component.parity_feeds is not None:
         from edgevoice.export.verify import parity as run_parity
 
         say(f"{component.name}: parity torch vs onnxruntime")
-        comparison = run_parity(component, entry, path, recipe.verify_audio(VERIFY_SECONDS))
+        comparison = run_parity(component, entry, path)
         if not comparison.ok:
             raise EdgevoiceError(f"{path.name}: onnxruntime disagrees with torch: {comparison.summary()}")
         parity = comparison.max_errors()
@@ -102,7 +101,7 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
 
 def _check_upstream(recipe: Recipe, say: Progress) -> None:
     say("checking against the upstream reference model")
-    error = recipe.upstream_check(recipe.verify_audio(VERIFY_SECONDS))
+    error = recipe.upstream_check()
     if not error <= recipe.upstream_atol:
         raise EdgevoiceError(
             f"{recipe.name}: our torch port differs from the upstream model by {error:.2e} "

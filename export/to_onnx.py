@@ -35,8 +35,8 @@ class _Step(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x: torch.Tensor, *state: torch.Tensor):
-        return self.module.step(x, *state)
+    def forward(self, *inputs_and_state: torch.Tensor):
+        return self.module.step(*inputs_and_state)
 
 
 def with_precision(component: RecipeComponent, precision: str) -> RecipeComponent:
@@ -47,11 +47,22 @@ def with_precision(component: RecipeComponent, precision: str) -> RecipeComponen
     return dataclasses.replace(component, module=module)
 
 
-def example_inputs(component: RecipeComponent, batch_size: int = 2) -> tuple[torch.Tensor, ...]:
-    """Example step inputs; batch 2 so the exporter does not specialize the batch dim to 1."""
+_EXAMPLE_BATCH = 2  # >1 so torch.export does not specialize the batch dim
+
+
+def _dims(component: RecipeComponent, max_batch: int) -> dict[str, torch.export.Dim]:
+    ranges = {"batch": (1, max(max_batch, _EXAMPLE_BATCH))}
+    ranges.update({name: (lo, hi) for name, (lo, _, hi) in component.module.dim_ranges().items()})
+    return {name: torch.export.Dim(name, min=lo, max=hi) for name, (lo, hi) in ranges.items()}
+
+
+def example_inputs(component: RecipeComponent) -> tuple[torch.Tensor, ...]:
+    """Example step inputs for tracing; dynamic dims take their opt size (at least 2)."""
     module = component.module
-    x = torch.zeros(batch_size, module.chunk_size)
-    return (x, *module.init_state(batch_size))
+    sizes = {"batch": _EXAMPLE_BATCH, **{n: max(opt, 2) for n, (_, opt, _) in module.dim_ranges().items()}}
+    inputs = [torch.zeros([sizes[d] if isinstance(d, str) else d for d in spec.shape], dtype=spec.dtype)
+              for spec in module.input_specs()]
+    return (*inputs, *module.init_state(_EXAMPLE_BATCH))
 
 
 def export_onnx(
@@ -63,20 +74,23 @@ def export_onnx(
     """
     module = component.module.eval()
     specs = module.state_specs()
-    batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
-    # forward(x, *state): torch.export sees the varargs as one tuple argument.
-    dynamic_shapes = ({0: batch}, tuple({s.batch_dim: batch} for s in specs))
-    input_names = [component.input_name] + [s.name for s in specs]
-    output_names = [component.output_name] + [f"{s.name}_out" for s in specs]
+    dims = _dims(component, max_batch)
+    step_inputs = module.input_specs()
+    # forward(*inputs, *state): one dynamic-shape dict per positional tensor
+    dynamic_shapes = tuple(
+        {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in step_inputs
+    ) + tuple({s.batch_dim: dims["batch"]} for s in specs)
+    input_names = [spec.name for spec in step_inputs] + [s.name for s in specs]
+    output_names = list(module.output_names()) + [f"{s.name}_out" for s in specs]
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
             _Step(module),
             example_inputs(component),
+            dynamic_shapes=(dynamic_shapes,),
             dynamo=True,
             opset_version=OPSET,
             input_names=input_names,
             output_names=output_names,
-            dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
     model = program.model_proto
@@ -117,7 +131,10 @@ def _manifest_entry(
         precision=precision,
         inputs=tuple(_tensor_spec(v) for v in model.graph.input),
         outputs=tuple(_tensor_spec(v) for v in model.graph.output),
-        dynamic_dims={"batch": DimRange(min=1, opt=min(opt_batch, max_batch), max=max_batch)},
+        dynamic_dims={
+            "batch": DimRange(min=1, opt=min(opt_batch, max_batch), max=max_batch),
+            **{n: DimRange(*r) for n, r in component.module.dim_ranges().items()},
+        },
         state={f"{name}_out": name for name in state_names},
         initial_state={name: "zeros" for name in state_names},
         stream=dict(component.stream),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgevoice.streaming import StateSpec, StreamingModule
+from edgevoice.streaming import InputSpec, StateSpec, StreamingModule
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,12 @@ class SileroVad(StreamingModule):
         self.decoder.to(dtype)
         self.compute_dtype = dtype
         return self
+
+    def input_specs(self) -> tuple[InputSpec, ...]:
+        return (InputSpec("chunk", ("batch", self.config.chunk_samples)),)
+
+    def output_names(self) -> tuple[str, ...]:
+        return ("prob",)
 
     def state_specs(self) -> tuple[StateSpec, ...]:
         c = self.config

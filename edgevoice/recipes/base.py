@@ -15,11 +15,12 @@ class RecipeComponent:
     """One exportable component of a recipe."""
 
     name: str  # component name; the ONNX file is f"{name}.onnx"
-    module: StreamingModule
-    input_name: str  # graph name of the step's x
-    output_name: str  # graph name of the step's y
-    stream: dict[str, Any]  # frame facts for the runtime, e.g. chunk_samples, sample_rate
+    module: StreamingModule  # graph I/O names come from its input_specs/output_names/state_specs
+    stream: dict[str, Any]  # facts for the runtime, e.g. chunk_samples, sample_rate, vocab size
     license: str  # license of the weights
+    # Makes the step inputs (state excluded) that --verify feeds through torch and onnxruntime,
+    # one dict per step, arrays with batch 1: () -> [{"chunk": (1, 512) float32}, ...]
+    parity_feeds: Callable[[], list[dict[str, np.ndarray]]] | None = None
     # precision -> (atol, rtol) for torch vs onnxruntime parity. fp16 graphs round differently in
     # each backend and the error compounds through recurrent state, so they get a relative term.
     parity_tolerance: dict[str, tuple[float, float]] = field(
@@ -34,9 +35,7 @@ class Recipe:
     name: str
     components: list[RecipeComponent]
     config: dict[str, Any]
-    # Makes the audio that --verify streams through torch and onnxruntime: (seconds) -> mono PCM.
-    verify_audio: Callable[[float], np.ndarray]
-    # Optional: max abs difference of our torch components against the upstream implementation on
-    # the given audio (e.g. Silero's own TorchScript model). Reported, and checked by --verify.
-    upstream_check: Callable[[np.ndarray], float] | None = None
+    # Optional: max abs difference of our torch components against the upstream implementation
+    # (e.g. Silero's own TorchScript model). Reported, and checked by --verify.
+    upstream_check: Callable[[], float] | None = None
     upstream_atol: float = 1e-4

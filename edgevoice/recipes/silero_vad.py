@@ -13,6 +13,7 @@ from edgevoice.weights.torchscript import load_torchscript, read_torchscript_sta
 
 REQUIREMENT = "silero-vad==6.2.3"
 LICENSE = "MIT (Silero VAD 6.2.3, snakers4/silero-vad)"
+VERIFY_SECONDS = 4.0  # of generated speech-like audio streamed by --verify
 
 
 def silero_jit_path():
@@ -59,27 +60,24 @@ def voiced_test_signal(seconds: float, sample_rate: int = 16000, seed: int = 0) 
 def recipe(sample_rate: int = 16000) -> Recipe:
     model = build_silero_vad(sample_rate)
     chunk = model.config.chunk_samples
+    verify_audio = voiced_test_signal(VERIFY_SECONDS, sample_rate)
 
-    def upstream_check(audio: np.ndarray) -> float:
+    def parity_feeds() -> list[dict[str, np.ndarray]]:
+        usable = len(verify_audio) - len(verify_audio) % chunk
+        return [{"chunk": c[None]} for c in verify_audio[:usable].reshape(-1, chunk)]
+
+    def upstream_check() -> float:
         ours = model.streamer()
-        usable = len(audio) - len(audio) % chunk
-        x = torch.from_numpy(audio[:usable]).reshape(1, -1)
+        feeds = parity_feeds()
         with torch.no_grad():
-            probs = np.concatenate([ours(x[:, i : i + chunk]).numpy().ravel() for i in range(0, usable, chunk)])
-        return float(np.max(np.abs(probs - upstream_probabilities(audio, sample_rate))))
+            probs = np.array([ours(torch.from_numpy(f["chunk"])).item() for f in feeds])
+        return float(np.max(np.abs(probs - upstream_probabilities(verify_audio, sample_rate))))
 
     component = RecipeComponent(
         name="vad",
         module=model,
-        input_name="chunk",
-        output_name="prob",
         stream={"sample_rate": sample_rate, "chunk_samples": chunk, "context_samples": model.config.context_samples},
         license=LICENSE,
+        parity_feeds=parity_feeds,
     )
-    return Recipe(
-        name="silero-vad",
-        components=[component],
-        config={"sample_rate": sample_rate},
-        verify_audio=lambda seconds: voiced_test_signal(seconds, sample_rate),
-        upstream_check=upstream_check,
-    )
+    return Recipe(name="silero-vad", components=[component], config={"sample_rate": sample_rate}, upstream_check=upstream_check)
