@@ -6,6 +6,7 @@ Needs network: the build fetches setuptools, and the clean venv installs the bas
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -114,3 +115,34 @@ def test_console_script_lists_commands(venv):
     first_words = {line.strip("│ ").split(" ")[0] for line in help_text.splitlines()}
     for command in ("export", "build", "inspect", "vad", "doctor", "devices"):
         assert command in first_words, f"'{command}' not listed by `edgevoice --help`:\n{help_text}"
+
+
+def test_runtime_runs_on_python_3_10(wheel, tmp_path):
+    """JetPack 6 ships Python 3.10: the wheel installs there and runs a package without torch."""
+    python310 = find_python310()
+    if python310 is None:
+        pytest.skip("no working python3.10 on this machine (PATH or ~/.pyenv/versions)")
+    from edgevoice.export import export_package
+
+    package = export_package(model="silero-vad", target="jetson-orin", out=tmp_path / "pkg").directory
+    root = tmp_path / "venv310"
+    run([python310, "-m", "venv", str(root)], cwd=tmp_path)
+    run([str(root / "bin" / "pip"), "install", "-q", str(wheel), "onnxruntime"], cwd=tmp_path)
+    out = run([str(root / "bin" / "python"), "-c", textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from edgevoice.runtime import VadPipeline
+        probs = VadPipeline({str(package)!r}).probabilities(np.zeros(16000, np.float32), 16000)
+        assert 'torch' not in sys.modules
+        print(sys.version_info[:2], probs.shape)
+    """)], cwd=root).stdout
+    assert "(3, 10) (32,)" in out
+
+
+def find_python310() -> str | None:
+    # A pyenv shim answers for every version but runs only the selected one: try each candidate.
+    candidates = [shutil.which("python3.10")] + sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))
+    for candidate in filter(None, candidates):
+        if subprocess.run([candidate, "-c", "import venv"], capture_output=True).returncode == 0:
+            return candidate
+    return None
