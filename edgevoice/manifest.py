@@ -72,6 +72,7 @@ class Component:
     initial_state: dict[str, str]  # input name -> "zeros"
     stream: dict[str, Any]  # frame facts, e.g. {"chunk_samples": 512, "sample_rate": 16000}
     license: str
+    files: tuple[str, ...] = ()  # data files the component needs at run time (tokenizers, phoneme maps)
     parity: dict[str, float] = field(default_factory=dict)  # output -> max abs error torch vs onnxruntime
     trt_check: dict[str, str] = field(default_factory=dict)  # TensorRT version -> one-line result
     engine: EngineInfo | None = None
@@ -93,6 +94,7 @@ class Component:
         d["outputs"] = tuple(TensorSpec.from_dict(t) for t in d["outputs"])
         d["dynamic_dims"] = {k: DimRange(**v) for k, v in d["dynamic_dims"].items()}
         d["engine"] = EngineInfo(**d["engine"]) if d.get("engine") else None
+        d["files"] = tuple(d.get("files", ()))
         return cls(**d)
 
 
@@ -198,7 +200,7 @@ def verify_files_of(manifest: Manifest) -> None:
     """Every listed file exists with the recorded size and sha256; every component's files are listed."""
     fix = manifest.export_command
     for component in manifest.components.values():
-        needed = [component.onnx] + ([component.engine.file] if component.engine else [])
+        needed = [component.onnx, *component.files] + ([component.engine.file] if component.engine else [])
         for relative in needed:
             if relative not in manifest.files:
                 raise PackageError(

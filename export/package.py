@@ -8,6 +8,7 @@ recipe (trtexec lines) and manifest.json with the sha256 of every file.
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -59,7 +60,7 @@ def export_package(
         _check_upstream(recipe, say)
     say("writing build recipe and manifest")
     build_files = write_build_script(out, components, profile)
-    files = {c.onnx: file_record(out / c.onnx) for c in components.values()}
+    files = {name: file_record(out / name) for c in components.values() for name in (c.onnx, *c.files)}
     files.update({name: file_record(out / name) for name in build_files})
     manifest = Manifest(
         schema_version=1,
@@ -96,7 +97,17 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
         if not comparison.ok:
             raise EdgevoiceError(f"{path.name}: onnxruntime disagrees with torch: {comparison.summary()}")
         parity = comparison.max_errors()
-    return _replace(entry, parity=parity, trt_check={v: r.summary() for v, r in results.items()})
+    shipped = _copy_files(component, out)
+    return _replace(entry, files=shipped, parity=parity, trt_check={v: r.summary() for v, r in results.items()})
+
+
+def _copy_files(component, out: Path) -> tuple[str, ...]:
+    """Copy the component's runtime data files into the package."""
+    for name, source in component.files.items():
+        if not Path(source).is_file():
+            raise EdgevoiceError(f"{component.name}: data file {source} is missing; reinstall the weights package")
+        shutil.copyfile(source, out / name)
+    return tuple(component.files)
 
 
 def _check_upstream(recipe: Recipe, say: Progress) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +22,8 @@ class RecipeComponent:
     # Makes the step inputs (state excluded) that --verify feeds through torch and onnxruntime,
     # one dict per step, arrays with batch 1: () -> [{"chunk": (1, 512) float32}, ...]
     parity_feeds: Callable[[], list[dict[str, np.ndarray]]] | None = None
+    # Data files copied into the package for the runtime: name in the package -> source path.
+    files: dict[str, Path] = field(default_factory=dict)
     # precision -> (atol, rtol) for torch vs onnxruntime parity. fp16 graphs round differently in
     # each backend and the error compounds through recurrent state, so they get a relative term.
     parity_tolerance: dict[str, tuple[float, float]] = field(
