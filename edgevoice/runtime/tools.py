@@ -1,0 +1,158 @@
+"""Tools the agent can call while it keeps listening and speaking.
+
+A tool is a Python callable with a name, a JSON-schema for its arguments and a timeout. Calls run
+in a worker pool, never on the listening or speaking threads; a result (or an error, or a timeout)
+comes back through ``on_done`` whenever it is ready, and the session turns it into an event and
+into conversation context.
+
+How a model asks for a tool is recipe-specific. The cascade's convention (what the system prompt
+teaches the LLM, and what ``parse_tool_calls`` reads) is one JSON object per call inside tags:
+
+    <tool_call>{"name": "get_time", "arguments": {"city": "Paris"}}</tool_call>
+
+Text outside the tags is spoken; the tags are not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from edgevoice.errors import EdgevoiceError
+
+_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    function: Callable[..., Any]  # called with the arguments as keyword arguments
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+    timeout_s: float = 10.0  # a call still running after this is reported as failed
+
+    def spec(self) -> dict[str, Any]:
+        """What the model is told about the tool."""
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    name: str
+    arguments: dict[str, Any]
+    call_id: int = 0
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    call: ToolCall
+    ok: bool
+    result: Any = None  # the callable's return value when ok
+    error: str = ""  # what went wrong otherwise
+    seconds: float = 0.0
+
+
+def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
+    """Split model output into the text to speak and the tool calls it contains.
+
+    A malformed call is not spoken and not run; it comes back as a call named "" so the session can
+    report it.
+    """
+    calls = []
+    for match in _CALL.finditer(text):
+        try:
+            payload = json.loads(match.group(1))
+            calls.append(ToolCall(str(payload["name"]), dict(payload.get("arguments", {}))))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            calls.append(ToolCall("", {"raw": match.group(1)}))
+    return _CALL.sub("", text).strip(), calls
+
+
+class ToolRunner:
+    """Registry plus worker pool. ``call`` returns at once; ``on_done`` gets the outcome later."""
+
+    def __init__(self, on_done: Callable[[ToolOutcome], None], workers: int = 4):
+        self._tools: dict[str, Tool] = {}
+        self._on_done = on_done
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgevoice-tool")
+        self._next_id = 0
+        self._delivered: set[int] = set()  # call ids whose outcome went out (a late result is dropped)
+        self._lock = threading.Lock()
+
+    def register(self, tool: Tool) -> None:
+        if not tool.name or tool.name in self._tools:
+            raise EdgevoiceError(f"tool name {tool.name!r} is empty or already registered")
+        _check_schema(tool)
+        self._tools[tool.name] = tool
+
+    @property
+    def tools(self) -> list[Tool]:
+        return list(self._tools.values())
+
+    def call(self, call: ToolCall) -> ToolCall:
+        """Start ``call`` in the background; returns it with its id."""
+        with self._lock:
+            self._next_id += 1
+            call = ToolCall(call.name, call.arguments, self._next_id)
+        problem = self._problem(call)
+        if problem:
+            self._deliver(ToolOutcome(call, ok=False, error=problem))
+            return call
+        tool = self._tools[call.name]
+        future = self._pool.submit(self._run, tool, call)
+        timer = threading.Timer(tool.timeout_s, self._timed_out, args=(future, call, tool))
+        timer.daemon = True
+        timer.start()
+        future.add_done_callback(lambda _: timer.cancel())
+        return call
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, tool: Tool, call: ToolCall) -> None:
+        start = time.monotonic()
+        try:
+            result = tool.function(**call.arguments)
+            outcome = ToolOutcome(call, ok=True, result=result, seconds=time.monotonic() - start)
+        except Exception as exc:  # noqa: BLE001 - a tool's failure is reported, never fatal
+            outcome = ToolOutcome(call, ok=False, error=f"{type(exc).__name__}: {exc}", seconds=time.monotonic() - start)
+        self._deliver(outcome)
+
+    def _timed_out(self, future, call: ToolCall, tool: Tool) -> None:
+        if not future.done():
+            self._deliver(ToolOutcome(call, ok=False, error=f"timed out after {tool.timeout_s:g} s", seconds=tool.timeout_s))
+
+    def _deliver(self, outcome: ToolOutcome) -> None:
+        with self._lock:
+            if outcome.call.call_id in self._delivered:
+                return
+            self._delivered.add(outcome.call.call_id)
+        self._on_done(outcome)
+
+    def _problem(self, call: ToolCall) -> str:
+        if call.name not in self._tools:
+            known = ", ".join(sorted(self._tools)) or "none"
+            return f"unknown tool {call.name!r} (registered: {known})"
+        try:
+            import jsonschema
+        except ImportError:  # validation is a dependency of the runtime; absence is a broken install
+            raise EdgevoiceError("jsonschema is missing; reinstall edgevoice") from None
+        try:
+            jsonschema.validate(call.arguments, self._tools[call.name].parameters)
+        except jsonschema.ValidationError as exc:
+            return f"bad arguments for {call.name}: {exc.message}"
+        return ""
+
+
+def _check_schema(tool: Tool) -> None:
+    import jsonschema
+
+    try:
+        jsonschema.Draft202012Validator.check_schema(tool.parameters)
+    except jsonschema.SchemaError as exc:
+        raise EdgevoiceError(f"tool {tool.name}: its parameters are not a valid JSON schema ({exc.message})") from exc
