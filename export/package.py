@@ -17,7 +17,7 @@ from edgevoice.errors import EdgevoiceError
 from edgevoice.export.build_script import write_build_script
 from edgevoice.export.to_onnx import export_onnx, with_precision
 from edgevoice.export.trt_check import check_trt_compatibility
-from edgevoice.manifest import Component, Manifest, file_record, write_manifest
+from edgevoice.manifest import Component, DimRange, Manifest, file_record, write_manifest
 from edgevoice.recipes import load_recipe
 from edgevoice.recipes.base import Recipe
 from edgevoice.targets import TargetProfile, check_precision, load_target
@@ -56,6 +56,10 @@ def export_package(
     components = {}
     for component in recipe.components:
         components[component.name] = _export_component(recipe, component, profile, precision, out, verify, say)
+    for build in recipe.imported:
+        say("importing ONNX component")
+        imported = build(out, verify)
+        components[imported.name] = _imported_component(imported, profile, verify)
     if verify and recipe.upstream_check is not None:
         _check_upstream(recipe, say)
     say("writing build recipe and manifest")
@@ -83,11 +87,7 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
     component = with_precision(component, precision)
     entry = export_onnx(component, path, precision, max_batch=profile.build.max_batch, opt_batch=profile.build.opt_batch)
     say(f"{component.name}: TensorRT op check")
-    versions = sorted({JETPACK6_TRT, profile.tensorrt_version or JETPACK6_TRT})
-    results = {v: check_trt_compatibility(path, v) for v in versions}
-    failed = [r for r in results.values() if not r.ok]
-    if failed:
-        raise EdgevoiceError(f"{path.name} would not parse on TensorRT: {failed[0].summary()}")
+    results = _trt_checks(path, profile)
     parity = {}
     if verify and component.parity_feeds is not None:
         from edgevoice.export.verify import parity as run_parity
@@ -108,6 +108,28 @@ def _copy_files(component, out: Path) -> tuple[str, ...]:
             raise EdgevoiceError(f"{component.name}: data file {source} is missing; reinstall the weights package")
         shutil.copyfile(source, out / name)
     return tuple(component.files)
+
+
+def _imported_component(imported, profile: TargetProfile, verify: bool) -> Component:
+    """Manifest entry of an imported graph (already written into the package by its builder)."""
+    results = _trt_checks(imported.onnx_path, profile)
+    if verify:
+        worst = max(imported.parity.values(), default=0.0)
+        if not worst <= 1e-4:
+            raise EdgevoiceError(f"{imported.onnx_path.name}: the rewritten graph differs from the original by {worst:.2e}")
+    entry = imported.manifest_entry()
+    # One session per engine for imported graphs: their batch dim is not a session dim we control.
+    dims = {"batch": DimRange(1, 1, 1), **entry.dynamic_dims}
+    return _replace(entry, dynamic_dims=dims, trt_check={v: r.summary() for v, r in results.items()})
+
+
+def _trt_checks(path: Path, profile: TargetProfile) -> dict:
+    versions = sorted({JETPACK6_TRT, profile.tensorrt_version or JETPACK6_TRT})
+    results = {v: check_trt_compatibility(path, v) for v in versions}
+    failed = [r for r in results.values() if not r.ok]
+    if failed:
+        raise EdgevoiceError(f"{path.name} would not parse on TensorRT: {failed[0].summary()}")
+    return results
 
 
 def _check_upstream(recipe: Recipe, say: Progress) -> None:

@@ -42,3 +42,7 @@ class Recipe:
     # (e.g. Silero's own TorchScript model). Reported, and checked by --verify.
     upstream_check: Callable[[], float] | None = None
     upstream_atol: float = 1e-4
+    # Components whose graph is imported rather than exported from torch (e.g. a Piper voice):
+    # builders called as build(out_dir, verify) that write their ONNX and describe it
+    # (see recipes/piper.py: ImportedOnnxComponent).
+    imported: list[Callable[[Path, bool], Any]] = field(default_factory=list)
