@@ -41,8 +41,8 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def asr(exported) -> WhisperAsr:
-    (_, enc, enc_path), (_, dec, dec_path) = exported["asr_encoder"], exported["asr_decoder"]
-    return WhisperAsr(OrtRunner(enc, enc_path), OrtRunner(dec, dec_path), dec.stream["files"][TOKENIZER_FILE])
+    (_, enc, enc_path), (decoder, dec, dec_path) = exported["asr_encoder"], exported["asr_decoder"]
+    return WhisperAsr(OrtRunner(enc, enc_path), OrtRunner(dec, dec_path), decoder.files[TOKENIZER_FILE])
 
 
 @pytest.fixture(scope="module")
