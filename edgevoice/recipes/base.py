@@ -22,13 +22,13 @@ class RecipeComponent:
     # Makes the step inputs (state excluded) that --verify feeds through torch and onnxruntime,
     # one dict per step, arrays with batch 1: () -> [{"chunk": (1, 512) float32}, ...]
     parity_feeds: Callable[[], list[dict[str, np.ndarray]]] | None = None
-    # Data files copied into the package for the runtime: name in the package -> source path.
-    files: dict[str, Path] = field(default_factory=dict)
     # precision -> (atol, rtol) for torch vs onnxruntime parity. fp16 graphs round differently in
     # each backend and the error compounds through recurrent state, so they get a relative term.
     parity_tolerance: dict[str, tuple[float, float]] = field(
         default_factory=lambda: {"fp32": (1e-4, 0.0), "fp16": (1e-2, 1e-2)}
     )
+    # Data files copied into the package for the runtime: name in the package -> source path.
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
