@@ -21,6 +21,7 @@ def export(
     out: Path = typer.Option(..., help="Directory to write the engine package to."),
     precision: str = typer.Option(None, help="fp32 (default, exact) or fp16 (GPU targets)."),
     verify: bool = typer.Option(False, help="Check torch vs onnxruntime parity and the upstream model."),
+    force: bool = typer.Option(False, help="Export again even if OUT already holds an up-to-date package."),
 ) -> None:
     """Export MODEL's components to ONNX and write an engine package for TARGET."""
     from edgevoice.export import export_package
@@ -28,7 +29,7 @@ def export(
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
         manifest = export_package(
-            model=model, target=target, out=out, precision=precision, verify=verify,
+            model=model, target=target, out=out, precision=precision, verify=verify, force=force,
             progress=lambda stage: progress.update(task, description=stage),
         )
     console.print(component_table(manifest))
@@ -62,20 +63,24 @@ def inspect(
 
 
 def component_table(manifest: Manifest) -> Table:
-    table = Table("component", "file", "size", "precision", "parity", "TensorRT", "engine")
+    table = Table("component", "size", "precision", "parity (max abs)", "TensorRT", "engine")
+    table.columns[0].no_wrap = True
     for c in manifest.components.values():
-        size = manifest.files[c.onnx]["bytes"]
-        table.add_row(c.name, c.onnx, f"{size / 1e6:.2f} MB", c.precision, _parity(c), _checks(c), _engine(c))
+        size = sum(manifest.files[name]["bytes"] for name in (c.onnx, *c.files))
+        table.add_row(c.name, f"{size / 1e6:.1f} MB", c.precision, _parity(c), _checks(c), _engine(c))
     return table
 
 
 def _parity(c: Component) -> str:
-    """Max abs error torch vs onnxruntime: the step's output, then the worst state."""
+    """Torch vs onnxruntime: worst step output, then worst state."""
     if not c.parity:
         return "not run"
-    y = c.outputs[0].name
-    states = [v for k, v in c.parity.items() if k != y]
-    return f"{y} {c.parity[y]:.1e}" + (f"\nstate {max(states):.1e}" if states else "")
+    outputs = [v for k, v in c.parity.items() if k not in c.state]
+    states = [v for k, v in c.parity.items() if k in c.state]
+    lines = [f"out {max(outputs):.1e}"] if outputs else []
+    if states:
+        lines.append(f"state {max(states):.1e}")
+    return "\n".join(lines)
 
 
 def _checks(c: Component) -> str:

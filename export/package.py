@@ -34,6 +34,7 @@ def export_package(
     out: str | Path,
     precision: str | None = None,
     verify: bool = False,
+    force: bool = False,
     progress: Progress | None = None,
 ) -> Manifest:
     """Export ``model`` for ``target`` into the directory ``out`` and return its verified manifest.
@@ -42,6 +43,10 @@ def export_package(
     profile's ``default_precision`` says what it runs best). With ``verify``, streamed
     audio goes through torch and onnxruntime and the package records the max abs error per output;
     a parity or upstream-reference failure raises.
+
+    A package already in ``out`` for the same model, target and precision, made by this edgevoice
+    version, that verifies (and was verified, if ``verify``) is kept as it is unless ``force``:
+    exporting the cascade takes minutes.
     """
     say = progress or (lambda _: None)
     profile = load_target(target)
@@ -50,6 +55,10 @@ def export_package(
         raise EdgevoiceError(f"precision '{precision}' cannot be exported yet; choose fp32 or fp16")
     check_precision(profile, precision)
     out = _prepare_out_dir(Path(out))
+    existing = None if force else _up_to_date(out, model, profile, precision, verify)
+    if existing is not None:
+        say("the package is up to date")
+        return existing
     say(f"loading {model} weights")
     recipe = load_recipe(model)
     command = _export_command(model, target, out, precision, verify)
@@ -147,6 +156,28 @@ def _replace(entry: Component, **changes) -> Component:
     from dataclasses import replace
 
     return replace(entry, **changes)
+
+
+def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, verify: bool) -> Manifest | None:
+    from edgevoice.errors import PackageError
+    from edgevoice.manifest import MANIFEST_NAME, read_manifest
+    from edgevoice.recipes import RECIPES
+
+    if not (out / MANIFEST_NAME).is_file() or model not in RECIPES:
+        return None
+    try:
+        manifest = read_manifest(out)
+    except PackageError:
+        return None  # damaged or foreign: export anew
+    same = (
+        manifest.recipe == model
+        and manifest.target.get("name") == profile.name
+        and manifest.edgevoice_version == __version__
+        and all(c.precision == precision or c.precision == "fp32" for c in manifest.components.values())
+        and any(c.precision == precision for c in manifest.components.values())
+    )
+    verified = all(c.parity for c in manifest.components.values()) or not verify
+    return manifest if same and verified else None
 
 
 def _prepare_out_dir(out: Path) -> Path:

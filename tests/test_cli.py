@@ -47,7 +47,7 @@ def test_export_inspect_vad(tmp_path, speech_16k):
     out = tmp_path / "vad"
     result = run("export", "--model", "silero-vad", "--target", "jetson-orin", "--out", str(out), "--verify")
     assert result.returncode == 0, result.stderr
-    assert "vad.onnx" in result.stdout and "10.3 OK" in result.stdout
+    assert "vad" in result.stdout and "10.3 OK" in result.stdout
     described = json.loads(run("inspect", str(out), "--json").stdout)
     assert described["recipe"] == "silero-vad" and described["components"]["vad"]["opset"] == 20
     assert max(described["components"]["vad"]["parity"].values()) <= 1e-4

@@ -89,7 +89,7 @@ def test_fp16_refused_on_cpu_target(tmp_path):
 
 
 def test_unknown_model_and_target(tmp_path):
-    with pytest.raises(EdgevoiceError, match="unknown model 'whisper-huge'; known models: silero-vad"):
+    with pytest.raises(EdgevoiceError, match="unknown model 'whisper-huge'; known models: cascade, silero-vad"):
         export_package(model="whisper-huge", target="cpu", out=tmp_path)
     with pytest.raises(EdgevoiceError, match="unknown target 'jetson-tx2'.*jetson-orin-nano"):
         export_package(model="silero-vad", target="jetson-tx2", out=tmp_path)
@@ -100,3 +100,16 @@ def test_unwritable_output_dir(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(EdgevoiceError, match="cannot write to output directory"):
         export_package(model="silero-vad", target="cpu", out=blocker / "pkg")
+
+
+def test_up_to_date_package_is_kept(tmp_path):
+    first = export_package(model="silero-vad", target="cpu", out=tmp_path)
+    stamp = (tmp_path / "vad.onnx").stat().st_mtime_ns
+    stages = []
+    again = export_package(model="silero-vad", target="cpu", out=tmp_path, progress=stages.append)
+    assert stages == ["the package is up to date"] and again.components == first.components
+    assert (tmp_path / "vad.onnx").stat().st_mtime_ns == stamp
+    verified = export_package(model="silero-vad", target="cpu", out=tmp_path, verify=True)  # not verified before
+    assert verified.component("vad").parity
+    export_package(model="silero-vad", target="cpu", out=tmp_path, force=True, progress=stages.append)
+    assert len(stages) > 2
