@@ -1,4 +1,6 @@
-"""Audio: wav files and PCM validation (later: ring buffers, device I/O, resampling, echo cancellation).
+"""Audio: rings, device and file I/O, clocks, resampling, echo cancellation, wav files.
 
-Depends only on numpy, soundfile and edgevoice.errors, so the runtime can use it without torch.
+Depends only on numpy (plus soundfile, soxr, sounddevice and pywebrtc-audio where their features
+are used, imported lazily), so the runtime uses it without torch. Listening order:
+mic -> resample to the model rate -> echo cancellation against what the speaker played -> VAD.
 """

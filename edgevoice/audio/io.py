@@ -1,0 +1,311 @@
+"""The runtime's audio I/O interface, input checks, and the file-backed implementation.
+
+Every implementation hands the runtime three rings at model rates, mono float32:
+
+- ``mic``: what the microphone heard (after mixdown, resampling and input checks);
+- ``reference``: what the speaker actually played, at the mic rate and aligned with ``mic`` by
+  absolute position: ``reference`` sample ``k`` went out while ``mic`` sample ``k`` came in. It is
+  the echo canceller's far-end signal (``edgevoice.audio.echo``);
+- ``speaker``: what the runtime wants played; silence is played while it is empty.
+
+Device implementations (``edgevoice.audio.device_io``) do mixdown and resampling on a pump
+thread, never in the audio callback (soxr allocates). ``FileIO`` here plays a recording as the
+microphone on a ``VirtualClock`` and collects what was played, so whole conversations run
+deterministically and faster than real time.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevoice.audio.clock import Clock, VirtualClock
+from edgevoice.audio.resample import StreamingResampler, mixdown, resample
+from edgevoice.audio.ring import AudioRing
+from edgevoice.audio.wav import read_audio, write_audio
+from edgevoice.errors import EdgevoiceError
+
+# |x| at or above this counts as clipped: float PCM from a 16-bit ADC tops out at 32767/32768.
+CLIP_LEVEL = 0.999
+
+
+@dataclass
+class AudioStats:
+    """Counters a consumer can read at any time (each has a single writer)."""
+
+    callbacks: int = 0  # device callbacks (or file blocks) handled
+    xruns: int = 0  # callbacks that reported any over/underflow flag
+    input_overflows: int = 0  # the device dropped microphone audio before we got it
+    input_underflows: int = 0
+    output_underflows: int = 0  # the device ran out of speaker audio (PortAudio's flag)
+    output_overflows: int = 0
+    nonfinite_samples: int = 0  # NaN/inf microphone samples, replaced by 0
+    clipped_samples: int = 0  # microphone samples at full scale (the input gain is too high)
+
+
+def sanitize_input(block: np.ndarray, stats: AudioStats) -> np.ndarray:
+    """In place: replace NaN/inf by 0 and count them; count clipped samples. Returns ``block``.
+
+    A broken driver or a float WAV can deliver NaN; one NaN would poison every recurrent state
+    downstream (VAD, encoder caches), so it is silenced here — the defined recovery — and counted.
+    """
+    finite = np.isfinite(block)
+    if not finite.all():
+        stats.nonfinite_samples += int(block.size - np.count_nonzero(finite))
+        block[~finite] = 0.0
+    stats.clipped_samples += int(np.count_nonzero(np.abs(block) >= CLIP_LEVEL))
+    return block
+
+
+def read_aligned(mic: AudioRing, reference: AudioRing, mic_out: np.ndarray, ref_out: np.ndarray) -> tuple[int, int]:
+    """Read the same absolute positions from ``mic`` and ``reference``; returns (start position, count).
+
+    The two rings are written in lockstep but may be a few samples apart (resampler look-ahead)
+    and may have overrun independently; this skips whichever is behind so both copies start at
+    the same position, and copies only what both hold.
+    """
+    if len(mic_out) == 0 or len(mic_out) != len(ref_out):
+        raise ValueError(f"need two equal, non-empty buffers, got {len(mic_out)} and {len(ref_out)}")
+    for _attempt in range(4):  # the producer can overrun us again while we skip; retry a few times
+        mic.read_into(mic_out[:0])  # a zero-length read only skips what an overrun overwrote
+        reference.read_into(ref_out[:0])
+        start = max(mic.read_position, reference.read_position)
+        for ring, scratch in ((mic, mic_out), (reference, ref_out)):
+            while ring.read_position < start:  # discard the unmatched head in scratch-sized pieces
+                if ring.read_into(scratch[: min(len(scratch), start - ring.read_position)]) == 0:
+                    return start, 0  # this ring has not reached `start` yet; the next call continues
+        if mic.read_position == reference.read_position == start:
+            break
+    else:
+        return start, 0
+    count = max(0, min(mic.write_position, reference.write_position, start + len(mic_out)) - start)
+    got_mic = mic.read_into(mic_out[:count])
+    got_ref = reference.read_into(ref_out[:count])
+    if got_mic != count or got_ref != count:  # lapped during the copy: realign on the next call
+        return start, 0
+    return start, count
+
+
+class AudioIO(ABC):
+    """Duplex audio for the runtime: rings at model rates, a clock, counters, start/stop."""
+
+    mic: AudioRing  # model-rate mono microphone PCM; the runtime reads it
+    reference: AudioRing  # what was played, at mic_rate, aligned with mic by position
+    speaker: AudioRing  # model-rate mono PCM to play; the runtime writes it
+    mic_rate: int  # sample rate of mic and reference
+    speaker_rate: int  # sample rate of speaker
+    clock: Clock
+    stats: AudioStats
+
+    def __init__(self):
+        self.error: Exception | None = None  # set when the device failed; raised by check()
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def check(self) -> None:
+        """Raise the device's failure, if there was one (called by consumers on every loop turn)."""
+        if self.error is not None:
+            raise self.error
+
+    @abstractmethod
+    def flush_speaker(self) -> None:
+        """Barge-in: drop everything queued in ``speaker`` and stop what is playing (short fade).
+
+        Call this instead of ``speaker.clear()``: the ring's consumer is the I/O, not the runtime.
+        """
+
+    @abstractmethod
+    def wait_for_mic(self, samples: int, timeout: float, with_reference: bool = True) -> bool:
+        """Wait until ``mic`` holds ``samples`` (with their ``reference`` too, by default, as the echo
+        canceller needs both); False after ``timeout`` seconds, raises on device failure."""
+
+    def mic_available(self, with_reference: bool = True) -> int:
+        """Samples readable from ``mic`` now; with ``with_reference`` only those whose reference is in too."""
+        if not with_reference:
+            return self.mic.readable
+        end = min(self.mic.write_position, self.reference.write_position)
+        return max(0, min(end - self.mic.read_position, self.mic.capacity))
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class FileIO(AudioIO):
+    """A recording as the microphone and a buffer as the speaker, on a virtual clock.
+
+    Time is the clock's: when it advances, every whole block of microphone audio that a device
+    would have captured by then is written to ``mic`` (silence after the recording ends), and
+    the speaker consumes its blocks at ``speaker_rate`` (silence while ``speaker`` is empty).
+    Everything played is kept (``played()``, ``save_played(path)``) and fed to ``reference``.
+    With ``echo_path`` (an impulse response at the mic rate, leading zeros = delay) the mic also
+    hears what was played, as in a room with open speakers (see ``RoomEcho``).
+    """
+
+    def __init__(self, recording: str | Path | np.ndarray, *, mic_rate: int = 16000, speaker_rate: int = 22050,
+                 recording_rate: int | None = None, clock: VirtualClock | None = None,
+                 block_seconds: float = 0.01, buffer_seconds: float = 4.0, echo_path: np.ndarray | None = None):
+        super().__init__()
+        self.mic_rate, self.speaker_rate = int(mic_rate), int(speaker_rate)
+        self.clock = clock or VirtualClock()
+        if not isinstance(self.clock, VirtualClock):
+            raise EdgevoiceError("FileIO runs on a VirtualClock (time moves when you advance it); use a device IO for real time")
+        self.stats = AudioStats()
+        self._recording = self._load(recording, recording_rate)  # (N,) float32 at mic_rate
+        self.mic = AudioRing(int(buffer_seconds * self.mic_rate))
+        self.reference = AudioRing(int(buffer_seconds * self.mic_rate))
+        self.speaker = AudioRing(int(buffer_seconds * self.speaker_rate))
+        self._mic_block = max(1, round(block_seconds * self.mic_rate))  # samples per captured block
+        self._speaker_block = max(1, round(block_seconds * self.speaker_rate))  # samples per played block
+        self._to_mic_rate = StreamingResampler(self.speaker_rate, self.mic_rate)  # played -> reference
+        self._played: list[np.ndarray] = []
+        self._speaker_scratch = np.zeros(self._speaker_block, dtype=np.float32)
+        self._origin: float | None = None  # clock time at start()
+        self._mic_delivered = 0  # microphone samples written to `mic` so far
+        self._speaker_consumed = 0  # speaker samples played so far
+        self._flush_requested = False  # set by flush_speaker(), handled by the next clock step
+        self._echo = None if echo_path is None else RoomEcho(echo_path)
+
+    def _load(self, recording, recording_rate: int | None) -> np.ndarray:
+        if isinstance(recording, (str, Path)):
+            frames, recording_rate = read_audio(recording)
+        else:
+            if recording_rate is None:
+                raise EdgevoiceError("FileIO got samples without their rate; pass recording_rate=<Hz>")
+            frames = np.asarray(recording, dtype=np.float32)
+        mono = np.array(mixdown(frames), dtype=np.float32)  # a copy: sanitizing must not touch the caller's array
+        return resample(mono, int(recording_rate), self.mic_rate)
+
+    @property
+    def played_samples(self) -> int:
+        """Speaker samples played so far (silence included): the speaker-rate position of the next one."""
+        return self._speaker_consumed
+
+    @property
+    def recording_finished(self) -> bool:
+        """True once every recorded sample has reached ``mic`` (silence follows)."""
+        return self._mic_delivered >= len(self._recording)
+
+    def start(self) -> None:
+        if self._origin is None:
+            self._origin = self.clock.now()
+            if isinstance(self.clock, VirtualClock):
+                self.clock.subscribe(self._on_time)
+
+    def stop(self) -> None:
+        if self._origin is not None and isinstance(self.clock, VirtualClock):
+            self.clock.unsubscribe(self._on_time)
+
+    def wait_for_mic(self, samples: int, timeout: float, with_reference: bool = True) -> bool:
+        """Advance virtual time block by block until ``mic`` holds ``samples`` (or ``timeout`` passes)."""
+        self.check()
+        if self._origin is None:
+            raise EdgevoiceError("FileIO is not started; call start() (or use it as a context manager)")
+        deadline = self.clock.now() + timeout
+        while self.mic_available(with_reference) < samples:
+            if self.clock.now() >= deadline or samples > self.mic.capacity:
+                return False
+            next_block = (self._mic_delivered // self._mic_block + 1) * self._mic_block
+            next_time = self._origin + next_block / self.mic_rate
+            if self.mic.readable >= samples:  # the mic is in, the reference trails: one speaker block on
+                next_time = self.clock.now() + self._speaker_block / self.speaker_rate
+            self.clock.advance_to(min(deadline, next_time))
+        return True
+
+    def flush_speaker(self) -> None:
+        """Drop queued speech; applied at the next clock step, before anything more is played."""
+        self._flush_requested = True
+
+    def played(self) -> np.ndarray:
+        """Everything the speaker has played so far, at ``speaker_rate`` (silence included)."""
+        return np.concatenate(self._played) if self._played else np.zeros(0, dtype=np.float32)
+
+    def save_played(self, path: str | Path) -> None:
+        write_audio(path, self.played(), self.speaker_rate)
+
+    def _on_time(self, now: float) -> None:
+        if self._flush_requested:  # blocks already played stay played; nothing queued plays after this
+            self._flush_requested = False
+            self.speaker.clear()
+        elapsed = now - self._origin
+        # Play first: a simulated echo of what was played up to now can then reach the mic blocks.
+        self._play_until(self._whole_blocks(elapsed, self.speaker_rate, self._speaker_block))
+        self._capture_until(self._whole_blocks(elapsed, self.mic_rate, self._mic_block))
+
+    @staticmethod
+    def _whole_blocks(elapsed: float, rate: int, block: int) -> int:
+        # The tolerance absorbs float error from many small advances (100 x 0.01 s is 0.9999999...).
+        due = math.floor(elapsed * rate + 1e-6)
+        return due // block * block
+
+    def _capture_until(self, target: int) -> None:
+        while self._mic_delivered < target:
+            start = self._mic_delivered
+            block = np.zeros(self._mic_block, dtype=np.float32)
+            piece = self._recording[start : start + self._mic_block]
+            block[: len(piece)] = piece
+            if self._echo is not None:
+                block += self._echo.block(start, self._mic_block)
+            self.mic.write(sanitize_input(block, self.stats))
+            self._mic_delivered += self._mic_block
+            self.stats.callbacks += 1
+
+    def _play_until(self, target: int) -> None:
+        while self._speaker_consumed < target:
+            out = self._speaker_scratch
+            self.speaker.read_into(out, pad=True)  # silence while nothing is queued, counted as underrun
+            self._played.append(out.copy())
+            reference = self._to_mic_rate.process(out)
+            self.reference.write(reference)
+            if self._echo is not None:
+                self._echo.played(reference)
+            self._speaker_consumed += len(out)
+
+
+class RoomEcho:
+    """What the microphone hears of the speaker: the played signal through a room impulse response.
+
+    Lets a ``FileIO`` conversation exercise echo cancellation and self-barge-in end to end. The
+    response is at the mic rate and starts with the speaker-to-mic delay (its leading zeros).
+    """
+
+    def __init__(self, response: np.ndarray):
+        response = np.asarray(response, dtype=np.float32)
+        if response.ndim != 1 or not response.any():
+            raise EdgevoiceError("echo_path must be a non-zero 1-D impulse response at the mic rate")
+        delay = int(np.flatnonzero(response)[0])
+        self.delay, self.response = delay, response[delay:]  # (taps,) after the delay
+        self._played = np.zeros(1 << 16, dtype=np.float32)  # everything played, at mic rate
+        self._length = 0
+
+    def played(self, samples: np.ndarray) -> None:
+        end = self._length + len(samples)
+        if end > len(self._played):
+            self._played = np.concatenate([self._played, np.zeros(max(end, len(self._played)), np.float32)])
+        self._played[self._length : end] = samples
+        self._length = end
+
+    def block(self, start: int, size: int) -> np.ndarray:
+        """The echo in mic samples [start, start + size): (size,) float32."""
+        first, last = start - self.delay - len(self.response) + 1, start - self.delay + size  # played span
+        if last > self._length:  # the played signal reaches us late (speaker blocks, resampler look-ahead)
+            raise EdgevoiceError(
+                f"echo_path's delay ({self.delay} samples) is shorter than the simulation's own lag "
+                f"({last - self._length + self.delay} samples); start the response with more zeros "
+                f"(real devices add 20-60 ms anyway) or use speaker_rate == mic_rate")
+        span = np.zeros(last - first, dtype=np.float32)
+        lo, hi = max(first, 0), min(last, self._length)
+        if hi > lo:
+            span[lo - first : hi - first] = self._played[lo:hi]
+        return np.convolve(span, self.response, mode="valid").astype(np.float32)  # (size,)
