@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from edgevoice.cli import package_cmds, system_cmds, vad_cmd
+from edgevoice.cli import package_cmds, system_cmds, talk_cmd, vad_cmd
 from edgevoice.errors import EdgevoiceError
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app = typer.Typer(
 app.command("export")(package_cmds.export)
 app.command("build")(package_cmds.build)
 app.command("inspect")(package_cmds.inspect)
+app.command("talk")(talk_cmd.talk)
 app.command("vad")(vad_cmd.vad)
 app.command("doctor")(system_cmds.doctor)
 app.command("devices")(system_cmds.devices)

@@ -58,3 +58,15 @@ def fixture_recording() -> tuple[np.ndarray, int]:
     path = SHARED_FIXTURES / "freeze_omni_small" / "input.wav"
     samples, rate = soundfile.read(str(path), dtype="float32")
     return samples, rate
+
+
+@pytest.fixture(scope="session")
+def cascade_package():
+    """The cascade exported for the CPU target where the README's main command puts it.
+
+    After the README's command (CI runs it first) the package is up to date and kept as it is;
+    on a fresh checkout this exports it (a few minutes).
+    """
+    from edgevoice.export import export_package
+
+    return export_package(model="cascade", target="cpu", out=REPO / "engines" / "cpu")

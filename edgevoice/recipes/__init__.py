@@ -11,6 +11,7 @@ from edgevoice.errors import EdgevoiceError
 
 # model name -> module with a ``recipe(sample_rate=...)`` function
 RECIPES = {
+    "cascade": "edgevoice.recipes.cascade",
     "silero-vad": "edgevoice.recipes.silero_vad",
 }
 
