@@ -45,16 +45,17 @@ class TurnOptions:
     """Timing of turn-taking; every duration in milliseconds."""
 
     threshold: float = 0.5  # speech probability that counts as speech
-    onset_ms: float = 64.0  # speech this long starts a user turn (or pauses the agent)
+    onset_ms: float = 32.0  # speech this long starts a user turn (or pauses the agent): two VAD frames
     endpoint_silence_ms: float = 600.0  # silence this long ends the user's turn
     min_turn_ms: float = 250.0  # shorter utterances are dismissed as noise
     backchannel_max_ms: float = 600.0  # speech over the agent shorter than this is a backchannel
+    resume_silence_ms: float = 300.0  # silence after a short burst that lets the paused agent resume
     min_level: float = 0.003  # RMS below this is silence whatever the VAD says (residual echo)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        for name in ("onset_ms", "endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "min_level"):
+        for name in ("onset_ms", "endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms", "min_level"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -135,7 +136,8 @@ class VadTurnPolicy:
             self.state = TurnState.USER_SPEAKING  # their turn now; endpointing continues from here
             return Decision.BARGE_IN
         silence_ms = (time - self.last_speech) * 1000
-        if not speech and silence_ms >= self.options.onset_ms * 2:
+        # Long enough that the pause after "Wait," does not count as the end of a backchannel.
+        if not speech and silence_ms >= self.options.resume_silence_ms:
             self.paused = False
             return Decision.RESUME
         return Decision.NONE

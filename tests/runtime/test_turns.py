@@ -61,7 +61,7 @@ def test_barge_in_pauses_fast_then_takes_the_floor():
 
 def test_backchannel_resumes_the_agent():
     policy = agent_speaking()
-    decisions = [d for _, d in feed(policy, "s" * 8 + "." * 10, t0=10.0)]  # ~250 ms "mhm"
+    decisions = [d for _, d in feed(policy, "s" * 8 + "." * 12, t0=10.0)]  # ~250 ms "mhm", then 380 ms quiet
     assert decisions == [Decision.PAUSE, Decision.RESUME]
     assert policy.state is TurnState.SPEAKING and not policy.paused
     policy.agent_finished()

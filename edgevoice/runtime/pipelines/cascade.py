@@ -90,13 +90,16 @@ class CascadePipeline:
         latency["asr"] = time.perf_counter() - t_end_of_speech
         if not transcript:
             return self._silent_turn(segments, latency, "speech was found but nothing could be transcribed")
-        reply, pieces, timing = self._think_and_speak(transcript, t_end_of_speech)
+        reply, pieces, timing = self.answer(transcript, t_end_of_speech)
         latency.update(timing)
         notes = ("the reply was cut at the token limit",) if self.llm.finish_reason == "length" else ()
         audio_out = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
         return TurnResult(transcript, reply, audio_out, self.voice.sample_rate, segments, latency, notes)
 
-    def _think_and_speak(self, transcript: str, t_end_of_speech: float) -> tuple[str, list[np.ndarray], dict[str, float]]:
+    def answer(self, transcript: str, t_end_of_speech: float | None = None) -> tuple[str, list[np.ndarray], dict[str, float]]:
+        """Reply text, its audio phrase by phrase, and stage timings (seconds after ``t_end_of_speech``,
+        a ``time.perf_counter()`` value; default now). The turn joins the conversation history."""
+        t_end_of_speech = time.perf_counter() if t_end_of_speech is None else t_end_of_speech
         messages = self._messages(transcript)
         timing: dict[str, float] = {}
         text, spoken_upto, pieces = "", 0, []
