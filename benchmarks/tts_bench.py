@@ -11,6 +11,7 @@ Measures, for the joe voice on CPU:
   our ids are identical and how far our zero-noise audio is from piper's.
 
     python benchmarks/tts_bench.py --out bench_tts.json [--piper-python /path/venv/bin/python]
+    python benchmarks/tts_bench.py --voice kokoro --out bench_tts_kokoro.json   # Kokoro-82M, ours only
 
 Set up piper-tts for the comparison (benchmark only) without touching the main environment:
     python -m venv --system-site-packages /tmp/piper_venv
@@ -95,17 +96,30 @@ def best_of(fn, repeats: int = REPEATS):
     return min(times), result
 
 
-def bench_edgevoice(threads: int, workdir: Path) -> tuple[dict, object]:
+def open_voice(name: str, threads: int, workdir: Path):
+    """(voice, export seconds, load seconds) for "joe" (Piper) or "kokoro" (Kokoro-82M float)."""
     from edgevoice.backends.ort import OrtRunner
-    from edgevoice.recipes.piper import build_piper_component
-    from edgevoice.runtime.tts import PiperVoice, SynthesisOptions
+    from edgevoice.recipes.voices import voice_choice
+    from edgevoice.runtime.kokoro import KokoroVoice
+    from edgevoice.runtime.tts import PiperVoice
 
     start = time.perf_counter()
-    component = build_piper_component(workdir, verify=False)
+    component = voice_choice(name).build(workdir, False)
     export_s = time.perf_counter() - start
     start = time.perf_counter()
-    voice = PiperVoice(OrtRunner(component.manifest_entry(), component.onnx_path, threads=threads))
-    load_s = time.perf_counter() - start
+    runner = OrtRunner(component.manifest_entry(), component.onnx_path, threads=threads)
+    if voice_choice(name).engine == "kokoro":
+        with np.load(component.files["tts_styles.npz"], allow_pickle=False) as archive:
+            voice = KokoroVoice(runner, archive["styles"])
+    else:
+        voice = PiperVoice(runner)
+    return voice, export_s, time.perf_counter() - start
+
+
+def bench_edgevoice(threads: int, workdir: Path, voice_name: str = "joe") -> tuple[dict, object]:
+    from edgevoice.runtime.tts import SynthesisOptions
+
+    voice, export_s, load_s = open_voice(voice_name, threads, workdir)
     cold_s, _ = best_of(lambda: voice.session(seed=0).synthesize(SENTENCES[0]), repeats=1)
     for _ in range(WARMUP_ROUNDS):
         for text in SENTENCES + [REPLY]:
@@ -164,11 +178,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--piper-python", help="python of an environment with piper-tts installed")
     parser.add_argument("--out", type=Path, default=Path("tts_bench.json"))
+    parser.add_argument("--voice", choices=("joe", "kokoro"), default="joe",
+                        help="the voice to measure (the piper-tts comparison exists for joe only)")
     args = parser.parse_args()
+    if args.piper_python and args.voice != "joe":
+        parser.error("--piper-python compares the joe voice with piper-tts; drop it for --voice kokoro")
     with tempfile.TemporaryDirectory() as tmp:
-        ours, voice = bench_edgevoice(args.threads, Path(tmp))
+        ours, voice = bench_edgevoice(args.threads, Path(tmp), args.voice)
         report = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.processor() or platform.machine(),
-                  "python": sys.version.split()[0], "threads": args.threads, "cpu_count": os.cpu_count(), "edgevoice": ours}
+                  "python": sys.version.split()[0], "threads": args.threads, "cpu_count": os.cpu_count(),
+                  "voice": args.voice, "edgevoice": ours}
         import onnxruntime
 
         report["onnxruntime"] = onnxruntime.__version__

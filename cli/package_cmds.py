@@ -22,6 +22,7 @@ def export(
     precision: str = typer.Option(None, help="fp32 (default, exact) or fp16 (GPU targets)."),
     verify: bool = typer.Option(False, help="Check torch vs onnxruntime parity and the upstream model."),
     force: bool = typer.Option(False, help="Export again even if OUT already holds an up-to-date package."),
+    voice: str = typer.Option(None, help="Cascade voice: joe (Piper, default) or kokoro (Kokoro-82M, Apache-2.0)."),
 ) -> None:
     """Export MODEL's components to ONNX and write an engine package for TARGET."""
     from edgevoice.export import export_package
@@ -29,7 +30,7 @@ def export(
     with _progress() as progress:
         task = progress.add_task("starting", total=None)
         manifest = export_package(
-            model=model, target=target, out=out, precision=precision, verify=verify, force=force,
+            model=model, target=target, out=out, precision=precision, verify=verify, force=force, voice=voice,
             progress=lambda stage: progress.update(task, description=stage),
         )
     console.print(component_table(manifest))

@@ -113,3 +113,11 @@ def test_up_to_date_package_is_kept(tmp_path):
     assert verified.component("vad").parity
     export_package(model="silero-vad", target="cpu", out=tmp_path, force=True, progress=stages.append)
     assert len(stages) > 2
+
+
+def test_voice_option_is_checked_before_any_work(tmp_path):
+    with pytest.raises(EdgevoiceError, match="--voice applies to the cascade"):
+        export_package(model="silero-vad", target="cpu", out=tmp_path, voice="kokoro")
+    with pytest.raises(EdgevoiceError, match="unknown voice 'alto'; choose one of: joe, kokoro"):
+        export_package(model="cascade", target="cpu", out=tmp_path, voice="alto")
+    assert not any(tmp_path.iterdir())

@@ -21,7 +21,7 @@ from edgevoice.runtime.asr import WhisperAsr
 from edgevoice.runtime.llm import LlmSession, SamplingConfig
 from edgevoice.runtime.pipelines.vad import VadPipeline
 from edgevoice.runtime.segments import SpeechSegment
-from edgevoice.runtime.tts import PiperVoice
+from edgevoice.runtime.voices import open_voice
 
 RECIPE = "cascade"
 DEFAULT_SYSTEM_PROMPT = (
@@ -63,7 +63,7 @@ class CascadePipeline:
         self.vad = VadPipeline(manifest, backend=backend, device=device)
         self.asr = WhisperAsr.from_manifest(manifest, backend=backend, device=device)
         self.llm = LlmSession.from_manifest(manifest, backend=backend, device=device)
-        self.voice = PiperVoice.from_package(manifest, backend=backend, device=device)
+        self.voice = open_voice(manifest, backend=backend, device=device)
         self.tts = self.voice.session(seed=seed)
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
