@@ -95,10 +95,10 @@ def build_ours(onnx_dir: Path | None, threads: int):
     for component in whisper_components():
         fp32 = with_precision(component, "fp32")
         entries[component.name] = (export_onnx(fp32, directory / f"{component.name}.onnx", "fp32", max_batch=1),
-                                   directory / f"{component.name}.onnx")
-    (enc, enc_path), (dec, dec_path) = entries["asr_encoder"], entries["asr_decoder"]
+                                   directory / f"{component.name}.onnx", component)
+    (enc, enc_path, _), (dec, dec_path, decoder) = entries["asr_encoder"], entries["asr_decoder"]
     runners = OrtRunner(enc, enc_path, threads=threads), OrtRunner(dec, dec_path, threads=threads)
-    return WhisperAsr(*runners, dec.stream["files"][TOKENIZER_FILE])
+    return WhisperAsr(*runners, decoder.files[TOKENIZER_FILE])
 
 
 def faster_whisper_text(model, audio: np.ndarray) -> str:
