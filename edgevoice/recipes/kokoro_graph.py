@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgevoice.errors import EdgevoiceError
+from edgevoice.recipes.onnx_surgery import prune_dead_nodes
 
 OPSET = 20
 _NEW = "/edgevoice/float/"  # prefix of every tensor this rewrite creates
@@ -349,18 +350,3 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
 def _keep_default_opset_only(model: onnx.ModelProto) -> None:
     del model.opset_import[:]
     model.opset_import.append(helper.make_opsetid("", OPSET))
-
-
-def prune_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Drop nodes and initializers no graph output depends on (the old quantization arithmetic)."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
-    live = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(live)

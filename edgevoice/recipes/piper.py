@@ -39,6 +39,7 @@ from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, DimRange, TensorSpec
+from edgevoice.recipes.onnx_surgery import prune_dead_nodes
 from edgevoice.weights.piper import PiperVoiceConfig, joe_voice_paths, load_piper_config
 
 OPSET = 20
@@ -124,7 +125,7 @@ def rewrite_piper_graph(model: onnx.ModelProto) -> onnx.ModelProto:
     dp_node, z_node = randoms if in_dp[0] else randoms[::-1]
     _replace_with_input(graph, dp_node, _NOISE_DP, [_BATCH, DP_CHANNELS, _PHONEMES])
     _replace_with_cyclic_noise(graph, z_node)
-    _prune_dead_nodes(graph)
+    prune_dead_nodes(graph)
     _rename_io_dims(graph)
     onnx.checker.check_model(model, full_check=False)
     return model
@@ -182,22 +183,6 @@ def _rewire(graph: onnx.GraphProto, old: str, new: str) -> None:
             if name == old:
                 n.input[i] = new
 
-
-def _prune_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Drop nodes (and initializers) no graph output depends on, e.g. the old noise shape math."""
-    needed = {o.name for o in graph.output}
-    keep = []
-    for node in reversed(graph.node):
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(i for i in node.input if i)
-    dead = len(graph.node) - len(keep)
-    if dead:
-        del graph.node[:]
-        graph.node.extend(reversed(keep))
-        live_inits = [t for t in graph.initializer if t.name in needed]
-        del graph.initializer[:]
-        graph.initializer.extend(live_inits)
 
 
 def _rename_io_dims(graph: onnx.GraphProto) -> None:
