@@ -13,18 +13,12 @@ session is accepted for the common voice interface but changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from edgevoice.errors import EdgevoiceError
-from edgevoice.runtime.tts import (
-    EspeakPhonemizer,
-    SynthesisOptions,
-    TtsEvent,
-    normalize_text,
-    split_phrases,
-)
+from edgevoice.runtime.tts import EspeakPhonemizer, PhraseSession, SynthesisOptions
 
 # espeak-ng (en-us, ``--ipa``) -> Kokoro symbols. Applied in this order, so longer sequences
 # win over their parts ("ɜːɹ" before "ɜː" before "ː").
@@ -137,34 +131,15 @@ class KokoroVoice:
         return outputs["audio"].reshape(-1).astype(np.float32, copy=False)  # (samples,)
 
 
-class KokoroSession:
-    """One conversation's speech with a Kokoro voice; same surface as the Piper ``TtsSession``."""
+class KokoroSession(PhraseSession):
+    """One conversation's speech with a Kokoro voice (the graph draws no noise: ``seed`` is unused)."""
 
     def __init__(self, voice: KokoroVoice, seed: int = 0, options: SynthesisOptions | None = None):
-        self.voice = voice
-        self.options = options if options is not None else SynthesisOptions()
-        self.seed = seed  # kept for the common interface: Kokoro's graph draws no noise
-        self.events: list[TtsEvent] = []
+        super().__init__(voice, options if options is not None else SynthesisOptions())
+        self.seed = seed
 
-    @property
-    def sample_rate(self) -> int:
-        return self.voice.sample_rate
-
-    def synthesize(self, text: str) -> np.ndarray:
-        """The whole reply as one float32 array at ``sample_rate`` (empty for empty text)."""
-        parts = list(self.stream(text))
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
-
-    def stream(self, text: str) -> Iterator[np.ndarray]:
-        """Audio phrase by phrase: each phrase is synthesized only when the caller asks for it."""
-        cleaned, dropped = normalize_text(text)
-        if dropped:
-            self._event("skipped_characters", dropped, -1)
-        speed = self.voice.speed(self.options)
-        for index, phrase in enumerate(split_phrases(cleaned, self.options.max_phrase_chars, self.options.first_phrase_chars)):
-            ids = self.phrase_ids(phrase, index)
-            if ids is not None:
-                yield self.voice.synthesize_ids(ids, speed)
+    def render(self, ids: list[int]) -> np.ndarray:
+        return self.voice.synthesize_ids(ids, self.voice.speed(self.options))
 
     def phrase_ids(self, phrase: str, index: int = 0) -> list[int] | None:
         """Kokoro ids of one phrase (no pads), or None when nothing speakable is left."""
@@ -180,7 +155,3 @@ class KokoroSession:
                 "takes; pass a smaller max_phrase_chars"
             )
         return ids
-
-    def _event(self, kind: str, chars: str, phrase: int) -> None:
-        unique = "".join(dict.fromkeys(chars))
-        self.events.append(TtsEvent(kind=kind, detail=unique, count=len(chars), phrase=phrase))

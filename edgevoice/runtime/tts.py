@@ -307,13 +307,16 @@ class PiperVoice:
         return outputs["output"].reshape(-1).astype(np.float32, copy=False)  # (1, 1, 1, S) -> (S,)
 
 
-class TtsSession:
-    """One conversation's speech: a seeded noise stream and the events of what was skipped."""
+class PhraseSession:
+    """What every voice's session shares: text cleanup, phrase-by-phrase streaming, skip events.
 
-    def __init__(self, voice: PiperVoice, seed: int = 0, options: SynthesisOptions = SynthesisOptions()):
+    A voice's session adds ``phrase_ids`` (text -> the model's symbol ids, or None when nothing is
+    speakable) and ``render`` (ids -> PCM).
+    """
+
+    def __init__(self, voice, options: SynthesisOptions):
         self.voice = voice
         self.options = options
-        self.rng = np.random.default_rng(seed)
         self.events: list[TtsEvent] = []
 
     @property
@@ -330,12 +333,31 @@ class TtsSession:
         cleaned, dropped = normalize_text(text)
         if dropped:
             self._event("skipped_characters", dropped, -1)
-        scales = self.voice.scales(self.options)
         for index, phrase in enumerate(split_phrases(cleaned, self.options.max_phrase_chars, self.options.first_phrase_chars)):
             ids = self.phrase_ids(phrase, index)
-            if ids is None:
-                continue
-            yield self.voice.vits(ids, scales, self.rng)
+            if ids is not None:
+                yield self.render(ids)
+
+    def phrase_ids(self, phrase: str, index: int = 0) -> list[int] | None:
+        raise NotImplementedError
+
+    def render(self, ids: list[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _event(self, kind: str, chars: str, phrase: int) -> None:
+        unique = "".join(dict.fromkeys(chars))
+        self.events.append(TtsEvent(kind=kind, detail=unique, count=len(chars), phrase=phrase))
+
+
+class TtsSession(PhraseSession):
+    """One conversation's speech with a Piper voice: a seeded noise stream and skip events."""
+
+    def __init__(self, voice: PiperVoice, seed: int = 0, options: SynthesisOptions = SynthesisOptions()):
+        super().__init__(voice, options)
+        self.rng = np.random.default_rng(seed)
+
+    def render(self, ids: list[int]) -> np.ndarray:
+        return self.voice.vits(ids, self.voice.scales(self.options), self.rng)
 
     def phrase_ids(self, phrase: str, index: int = 0) -> list[int] | None:
         """Piper ids of one phrase, or None when nothing speakable is left."""
@@ -351,7 +373,3 @@ class TtsSession:
                 "exported for; pass a smaller max_phrase_chars"
             )
         return ids
-
-    def _event(self, kind: str, chars: str, phrase: int) -> None:
-        unique = "".join(dict.fromkeys(chars))
-        self.events.append(TtsEvent(kind=kind, detail=unique, count=len(chars), phrase=phrase))
