@@ -29,7 +29,9 @@ DEFAULT_SYSTEM_PROMPT = (
     "without lists or markdown."
 )
 _PHRASE_END = re.compile(r"[.!?;:]\s|[.!?]$")
+_CLAUSE_END = re.compile(r",\s")
 _MIN_PHRASE_CHARS = 12  # do not speak "Yes." alone when more is coming at once
+_MIN_FIRST_CLAUSE_CHARS = 20  # the first audio may start at a comma: a listener waits for it
 SPEECH_MARGIN_S = 0.2  # audio kept around the detected speech, so word edges survive
 
 
@@ -107,7 +109,7 @@ class CascadePipeline:
         for token in self.llm.generate(messages, max_new_tokens=self.max_new_tokens, sampling=self.sampling):
             timing.setdefault("first_token", time.perf_counter() - t_end_of_speech)
             text += token.text
-            cut = _phrase_cut(text, spoken_upto)
+            cut = _phrase_cut(text, spoken_upto, first=not pieces)
             if cut:
                 pieces += self._speak(text[spoken_upto:cut], timing, t_end_of_speech)
                 spoken_upto = cut
@@ -146,9 +148,16 @@ class CascadePipeline:
         return TurnResult("", "", np.zeros(0, np.float32), self.voice.sample_rate, tuple(segments), latency, (note,))
 
 
-def _phrase_cut(text: str, spoken_upto: int) -> int:
-    """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet."""
+def _phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
+    """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet.
+
+    The first phrase may also end at a comma, so the reply starts sounding sooner.
+    """
     for match in _PHRASE_END.finditer(text, spoken_upto):
         if match.end() - spoken_upto >= _MIN_PHRASE_CHARS:
             return match.end()
+    if first:
+        for match in _CLAUSE_END.finditer(text, spoken_upto):
+            if match.end() - spoken_upto >= _MIN_FIRST_CLAUSE_CHARS:
+                return match.end()
     return 0
