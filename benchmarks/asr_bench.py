@@ -17,7 +17,6 @@ import importlib.util
 import io
 import json
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from edgevoice.compare import word_errors
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
@@ -66,21 +67,6 @@ def utterances() -> list[tuple[str, np.ndarray, str]]:
             if rate == SAMPLE_RATE and audio.ndim == 1:
                 clips.append((f"real: {name}", audio, text))
     return clips
-
-
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edit distance in words, reference word count)."""
-    ref, hyp = words(reference), words(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
 
 
 def build_ours(onnx_dir: Path | None, threads: int):

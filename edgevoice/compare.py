@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
+import re
+
 import numpy as np
 
 
@@ -76,3 +78,19 @@ def compare_outputs(
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         results.append(OutputComparison(name, err, per_output.get(name, atol + rtol * scale), snr))
     return Comparison(tuple(results))
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a transcript, punctuation dropped (digits kept: "25" is not "twenty five")."""
+    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edit distance from ``reference`` to ``hypothesis``, words in ``reference``): the parts of a WER."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)

@@ -70,3 +70,17 @@ def cascade_package():
     from edgevoice.export import export_package
 
     return export_package(model="cascade", target="cpu", out=REPO / "engines" / "cpu")
+
+
+def seal_package(component, out: Path, recipe: str) -> Path:
+    """A one-component engine package around an imported component already written into ``out``."""
+    from edgevoice.manifest import SCHEMA_VERSION, Manifest, file_record, write_manifest
+
+    entry = component.manifest_entry()
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, edgevoice_version="test", recipe=recipe, config={}, target={"name": "cpu"},
+        export_command=f"pytest ({recipe})", components={entry.name: entry},
+        files={name: file_record(out / name) for name in (entry.onnx, *entry.files)}, directory=out,
+    )
+    write_manifest(manifest)
+    return out

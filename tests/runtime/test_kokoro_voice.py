@@ -6,14 +6,14 @@ here is the numpy + onnxruntime path the device runs, opened through runtime/voi
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edgevoice.compare import word_errors
 from edgevoice.errors import EdgevoiceError
-from edgevoice.manifest import SCHEMA_VERSION, Manifest, file_record, write_manifest
+from conftest import seal_package
 from edgevoice.recipes.kokoro import build_kokoro_component
 from edgevoice.runtime.kokoro import (
     IPA_TO_KOKORO,
@@ -41,15 +41,7 @@ MIN_WORD_ACCURACY = 0.75
 def package(tmp_path_factory) -> Path:
     """A one-component engine package with the Kokoro voice, written like export does."""
     out = tmp_path_factory.mktemp("kokoro_package")
-    component = build_kokoro_component(out, verify=False)
-    entry = component.manifest_entry()
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgevoice_version="test", recipe="kokoro-test", config={}, target={"name": "cpu"},
-        export_command="pytest tests/runtime/test_kokoro_voice.py", components={"tts": entry},
-        files={name: file_record(out / name) for name in (entry.onnx, *entry.files)}, directory=out,
-    )
-    write_manifest(manifest)
-    return out
+    return seal_package(build_kokoro_component(out, verify=False), out, "kokoro-test")
 
 
 @pytest.fixture(scope="module")
@@ -159,19 +151,10 @@ def test_a_piper_component_is_refused(voice):
 
 # --- intelligibility -----------------------------------------------------------------------------
 
-def words(text: str) -> list[str]:
-    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
 def word_accuracy(heard: str, said: str) -> float:
     """1 - word error rate (Levenshtein over words), floored at 0."""
-    ref, hyp = words(said), words(heard)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return max(0.0, 1.0 - row[-1] / len(ref))
+    edits, count = word_errors(said, heard)
+    return max(0.0, 1.0 - edits / count)
 
 
 @pytest.fixture(scope="module")

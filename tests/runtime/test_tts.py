@@ -18,7 +18,7 @@ import pytest
 
 from edgevoice.backends.ort import OrtRunner
 from edgevoice.errors import EdgevoiceError
-from edgevoice.manifest import SCHEMA_VERSION, Manifest, file_record, write_manifest
+from conftest import seal_package
 from edgevoice.recipes.piper import build_piper_component
 from edgevoice.runtime.tts import (
     EspeakPhonemizer,
@@ -48,15 +48,7 @@ INTELLIGIBILITY_SENTENCES = [
 def package(tmp_path_factory) -> Path:
     """A one-component engine package holding the rewritten voice, written like export does."""
     out = tmp_path_factory.mktemp("tts_package")
-    component = build_piper_component(out, verify=False)
-    entry = component.manifest_entry()
-    manifest = Manifest(
-        schema_version=SCHEMA_VERSION, edgevoice_version="test", recipe="piper-test", config={}, target={"name": "cpu"},
-        export_command="pytest tests/runtime/test_tts.py", components={"tts": entry},
-        files={entry.onnx: file_record(out / entry.onnx)}, directory=out,
-    )
-    write_manifest(manifest)
-    return out
+    return seal_package(build_piper_component(out, verify=False), out, "piper-test")
 
 
 @pytest.fixture(scope="module")
