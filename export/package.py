@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -110,7 +111,7 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
             raise EdgevoiceError(f"{path.name}: onnxruntime disagrees with torch: {comparison.summary()}")
         parity = comparison.max_errors()
     shipped = _copy_files(component, out)
-    return _replace(entry, files=shipped, parity=parity, trt_check={v: r.summary() for v, r in results.items()})
+    return replace(entry, files=shipped, parity=parity, trt_check={v: r.summary() for v, r in results.items()})
 
 
 def _copy_files(component, out: Path) -> tuple[str, ...]:
@@ -135,7 +136,7 @@ def _imported_component(imported, profile: TargetProfile, verify: bool) -> Compo
     entry = imported.manifest_entry()
     # One session per engine for imported graphs: their batch dim is not a session dim we control.
     dims = {"batch": DimRange(1, 1, 1), **entry.dynamic_dims}
-    return _replace(entry, dynamic_dims=dims, trt_check={v: r.summary() for v, r in results.items()})
+    return replace(entry, dynamic_dims=dims, trt_check={v: r.summary() for v, r in results.items()})
 
 
 def _trt_checks(path: Path, profile: TargetProfile) -> dict:
@@ -156,12 +157,6 @@ def _check_upstream(recipe: Recipe, say: Progress) -> None:
             f"(> {recipe.upstream_atol:.0e}); the weights package may be another version"
         )
     recipe.config["upstream_max_abs_error"] = error
-
-
-def _replace(entry: Component, **changes) -> Component:
-    from dataclasses import replace
-
-    return replace(entry, **changes)
 
 
 def _recipe_options(model: str, voice: str | None) -> dict:
