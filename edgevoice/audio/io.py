@@ -16,7 +16,9 @@ deterministically and faster than real time.
 
 from __future__ import annotations
 
+import collections
 import math
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,12 +153,21 @@ class FileIO(AudioIO):
     Everything played is kept (``played()``, ``save_played(path)``) and fed to ``reference``.
     With ``echo_path`` (an impulse response at the mic rate, leading zeros = delay) the mic also
     hears what was played, as in a room with open speakers (see ``RoomEcho``).
+
+    ``pace`` ties virtual time to the wall clock: with ``pace=1.0`` the microphone delivers audio no
+    faster than a real device would, so a session that thinks on other threads (``Agent``) meets
+    the same deadlines as on a sound card; ``None`` runs as fast as the caller asks.
+    ``keep_played_s`` bounds what ``played()`` keeps (the most recent seconds), for long runs.
     """
 
     def __init__(self, recording: str | Path | np.ndarray, *, mic_rate: int = 16000, speaker_rate: int = 22050,
                  recording_rate: int | None = None, clock: VirtualClock | None = None,
-                 block_seconds: float = 0.01, buffer_seconds: float = 4.0, echo_path: np.ndarray | None = None):
+                 block_seconds: float = 0.01, buffer_seconds: float = 4.0, echo_path: np.ndarray | None = None,
+                 pace: float | None = None, keep_played_s: float | None = None):
         super().__init__()
+        if pace is not None and pace <= 0:
+            raise EdgevoiceError(f"pace must be > 0 (1.0 = real time) or None, got {pace}")
+        self.pace = pace
         self.mic_rate, self.speaker_rate = int(mic_rate), int(speaker_rate)
         self.clock = clock or VirtualClock()
         if not isinstance(self.clock, VirtualClock):
@@ -169,9 +180,11 @@ class FileIO(AudioIO):
         self._mic_block = max(1, round(block_seconds * self.mic_rate))  # samples per captured block
         self._speaker_block = max(1, round(block_seconds * self.speaker_rate))  # samples per played block
         self._to_mic_rate = StreamingResampler(self.speaker_rate, self.mic_rate)  # played -> reference
-        self._played: list[np.ndarray] = []
+        self._played: collections.deque[np.ndarray] = collections.deque(
+            maxlen=None if keep_played_s is None else max(1, int(keep_played_s / block_seconds)))
         self._speaker_scratch = np.zeros(self._speaker_block, dtype=np.float32)
         self._origin: float | None = None  # clock time at start()
+        self._wall_origin = 0.0  # time.monotonic() at start(), for pace
         self._mic_delivered = 0  # microphone samples written to `mic` so far
         self._speaker_consumed = 0  # speaker samples played so far
         self._flush_requested = False  # set by flush_speaker(), handled by the next clock step
@@ -200,6 +213,7 @@ class FileIO(AudioIO):
     def start(self) -> None:
         if self._origin is None:
             self._origin = self.clock.now()
+            self._wall_origin = time.monotonic()
             if isinstance(self.clock, VirtualClock):
                 self.clock.subscribe(self._on_time)
 
@@ -220,15 +234,26 @@ class FileIO(AudioIO):
             next_time = self._origin + next_block / self.mic_rate
             if self.mic.readable >= samples:  # the mic is in, the reference trails: one speaker block on
                 next_time = self.clock.now() + self._speaker_block / self.speaker_rate
-            self.clock.advance_to(min(deadline, next_time))
+            next_time = min(deadline, next_time)
+            self._keep_pace(next_time)
+            self.clock.advance_to(next_time)
         return True
+
+    def _keep_pace(self, when: float) -> None:
+        """With ``pace``: sleep until the wall clock has caught up with virtual time ``when``."""
+        if self.pace is None:
+            return
+        due = self._wall_origin + (when - self._origin) / self.pace
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
 
     def flush_speaker(self) -> None:
         """Drop queued speech; applied at the next clock step, before anything more is played."""
         self._flush_requested = True
 
     def played(self) -> np.ndarray:
-        """Everything the speaker has played so far, at ``speaker_rate`` (silence included)."""
+        """What the speaker has played (all of it, or the last ``keep_played_s``), at ``speaker_rate``."""
         return np.concatenate(self._played) if self._played else np.zeros(0, dtype=np.float32)
 
     def save_played(self, path: str | Path) -> None:
@@ -286,15 +311,24 @@ class RoomEcho:
             raise EdgevoiceError("echo_path must be a non-zero 1-D impulse response at the mic rate")
         delay = int(np.flatnonzero(response)[0])
         self.delay, self.response = delay, response[delay:]  # (taps,) after the delay
-        self._played = np.zeros(1 << 16, dtype=np.float32)  # everything played, at mic rate
-        self._length = 0
+        # What was played, at mic rate: only the window the response still reaches, so an
+        # hour-long simulation does not keep an hour of audio. Index i holds sample _base + i.
+        self._keep = 2 * (delay + len(self.response)) + 16000
+        self._played = np.zeros(2 * self._keep, dtype=np.float32)
+        self._base = 0  # absolute position of self._played[0]
+        self._length = 0  # absolute position one past the last played sample
 
     def played(self, samples: np.ndarray) -> None:
-        end = self._length + len(samples)
-        if end > len(self._played):
-            self._played = np.concatenate([self._played, np.zeros(max(end, len(self._played)), np.float32)])
-        self._played[self._length : end] = samples
-        self._length = end
+        if self._length + len(samples) - self._base > len(self._played):
+            drop = max(0, self._length - self._keep - self._base)  # keep the last _keep samples
+            kept = self._played[drop : self._length - self._base].copy()
+            self._base += drop
+            size = max(len(self._played), len(kept) + len(samples))
+            self._played = np.zeros(size, dtype=np.float32)
+            self._played[: len(kept)] = kept
+        at = self._length - self._base
+        self._played[at : at + len(samples)] = samples
+        self._length += len(samples)
 
     def block(self, start: int, size: int) -> np.ndarray:
         """The echo in mic samples [start, start + size): (size,) float32."""
@@ -305,7 +339,7 @@ class RoomEcho:
                 f"({last - self._length + self.delay} samples); start the response with more zeros "
                 f"(real devices add 20-60 ms anyway) or use speaker_rate == mic_rate")
         span = np.zeros(last - first, dtype=np.float32)
-        lo, hi = max(first, 0), min(last, self._length)
+        lo, hi = max(first, self._base), min(last, self._length)
         if hi > lo:
-            span[lo - first : hi - first] = self._played[lo:hi]
+            span[lo - first : hi - first] = self._played[lo - self._base : hi - self._base]
         return np.convolve(span, self.response, mode="valid").astype(np.float32)  # (size,)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edgevoice.audio.clock import RealClock, VirtualClock
-from edgevoice.audio.io import AudioStats, FileIO, read_aligned, sanitize_input
+from edgevoice.audio.io import AudioStats, FileIO, RoomEcho, read_aligned, sanitize_input
 from edgevoice.audio.resample import resample
 from edgevoice.audio.ring import AudioRing
 from edgevoice.audio.wav import read_audio, write_audio
@@ -250,3 +250,40 @@ def test_flush_speaker_drops_queued_speech(recording):
     clock.advance(0.1)
     played = io.played()
     assert played[:1600].all() and not played[1600:].any() and io.speaker.readable == 0
+
+
+def test_paced_file_io_delivers_audio_no_faster_than_real_time(recording):
+    io = FileIO(np.zeros(16000, np.float32), recording_rate=16000, pace=1.0)
+    scratch = np.zeros(1600, np.float32)
+    with io:
+        start = time.monotonic()
+        for _ in range(3):  # 0.3 s of microphone audio
+            assert io.wait_for_mic(1600, timeout=1.0)
+            io.mic.read_into(scratch)
+        elapsed = time.monotonic() - start
+    assert io.clock.now() >= 0.3
+    assert elapsed >= io.clock.now() - 0.005  # a device would have needed that long to capture it
+
+
+def test_keep_played_bounds_what_is_kept():
+    io = FileIO(np.zeros(16000 * 5, np.float32), recording_rate=16000, keep_played_s=1.0)
+    with io:
+        io.clock.advance(5.0)
+    assert len(io.played()) == io.speaker_rate  # the last second only
+    assert io.played_samples == 5 * io.speaker_rate
+
+
+def test_room_echo_window_equals_the_full_convolution():
+    rng = np.random.default_rng(0)
+    response = np.concatenate([np.zeros(320, np.float32), rng.normal(0, 0.1, 800).astype(np.float32)])
+    echo = RoomEcho(response)
+    played = rng.normal(0, 0.5, 16000 * 6).astype(np.float32)
+    full = np.convolve(played, response)[: len(played)]
+    got = []
+    for start in range(0, len(played), 160):  # played and heard block by block, as FileIO does
+        echo.played(played[start : start + 160])
+        if start >= 320:
+            got.append((start - 320, echo.block(start - 320, 160)))
+    for start, block in got[-50:] + got[:5]:
+        np.testing.assert_allclose(block, full[start : start + 160], atol=1e-4)
+    assert len(echo._played) < 2 * echo._keep + 160  # bounded, not six seconds of audio
