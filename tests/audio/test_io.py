@@ -269,7 +269,7 @@ def test_keep_played_bounds_what_is_kept():
     io = FileIO(np.zeros(16000 * 5, np.float32), recording_rate=16000, keep_played_s=1.0)
     with io:
         io.clock.advance(5.0)
-    assert len(io.played()) == io.speaker_rate  # the last second only
+    assert abs(len(io.played()) - io.speaker_rate) <= 220  # the last second only (whole 10 ms blocks)
     assert io.played_samples == 5 * io.speaker_rate
 
 
