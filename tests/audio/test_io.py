@@ -270,7 +270,7 @@ def test_keep_played_bounds_what_is_kept():
     with io:
         io.clock.advance(5.0)
     assert abs(len(io.played()) - io.speaker_rate) <= 220  # the last second only (whole 10 ms blocks)
-    assert io.played_samples == 5 * io.speaker_rate
+    assert io.played_samples >= 5 * io.speaker_rate - 220  # counted though not kept
 
 
 def test_room_echo_window_equals_the_full_convolution():
