@@ -2,17 +2,34 @@
 
 Tensors are compared by max absolute error against a per-output tolerance; outputs named as
 audio also get a signal-to-noise ratio, since a waveform can differ sample by sample and still
-sound the same.
+sound the same, so an audio output may pass on a minimum SNR instead of its sample error.
+Streaming whole runners against each other (state fed back) is ``edgevoice.backends.compare``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping
-
 import re
+from dataclasses import dataclass
+from typing import Mapping, Union
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """When one output counts as equal to its reference."""
+
+    atol: float = 1e-4  # allowed max abs error
+    rtol: float = 0.0  # plus this fraction of max|reference| (low-precision graphs whose states grow large)
+    min_snr_db: float | None = None  # audio: pass when the SNR reaches this, whatever the sample error
+
+    def limit(self, reference: np.ndarray) -> float:
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+        return self.atol + self.rtol * scale
+
+
+# A per-output tolerance: a plain float is an absolute limit (atol, no rtol).
+ToleranceLike = Union[float, Tolerance]
 
 
 @dataclass(frozen=True)
@@ -21,10 +38,17 @@ class OutputComparison:
     max_abs_error: float
     tolerance: float
     snr_db: float | None = None  # only for audio outputs
+    min_snr_db: float | None = None  # set when the output may pass on its SNR
 
     @property
     def ok(self) -> bool:
+        if self.min_snr_db is not None and self.snr_db is not None and self.snr_db >= self.min_snr_db:
+            return True
         return bool(self.max_abs_error <= self.tolerance)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "max_abs_error": self.max_abs_error, "tolerance": self.tolerance,
+                "snr_db": self.snr_db, "min_snr_db": self.min_snr_db, "ok": self.ok}
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,9 @@ class Comparison:
         parts = [f"{o.name} {o.max_abs_error:.2e}{'' if o.ok else f' > {o.tolerance:.0e}'}" for o in self.outputs]
         return ("OK: " if self.ok else "FAILED: ") + ", ".join(parts)
 
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "outputs": [o.to_dict() for o in self.outputs]}
+
 
 def snr_db(reference: np.ndarray, test: np.ndarray) -> float:
     """10·log10(signal power / error power); inf when identical."""
@@ -57,16 +84,20 @@ def compare_outputs(
     test: Mapping[str, np.ndarray],
     atol: float = 1e-4,
     rtol: float = 0.0,
-    per_output: Mapping[str, float] | None = None,
+    per_output: Mapping[str, ToleranceLike] | None = None,
     audio_outputs: tuple[str, ...] = (),
+    min_snr_db: float | None = None,
 ) -> Comparison:
     """Compare ``test`` against ``reference`` output by output (names must match).
 
-    An output passes when its max abs error is at most ``per_output[name]`` if given, else
-    ``atol + rtol * max|reference|`` (rtol suits low-precision graphs whose states grow large).
+    An output passes when its max abs error is at most its tolerance: ``per_output[name]`` if
+    given (a float is an absolute limit, a ``Tolerance`` may add rtol and a minimum SNR), else
+    ``atol + rtol * max|reference|``. Outputs in ``audio_outputs`` get an SNR, and with
+    ``min_snr_db`` they also pass when their SNR reaches it.
     """
     if set(reference) != set(test):
         raise ValueError(f"outputs differ: reference has {sorted(reference)}, test has {sorted(test)}")
+    default = Tolerance(atol, rtol, min_snr_db)
     per_output = per_output or {}
     results = []
     for name in sorted(reference):
@@ -74,10 +105,15 @@ def compare_outputs(
         if ref.shape != out.shape:
             raise ValueError(f"output '{name}': shape {out.shape} vs reference {ref.shape}")
         err = float(np.max(np.abs(ref.astype(np.float64) - out))) if ref.size else 0.0
-        snr = snr_db(ref, out) if name in audio_outputs else None
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        results.append(OutputComparison(name, err, per_output.get(name, atol + rtol * scale), snr))
+        tolerance = _as_tolerance(per_output.get(name, default))
+        is_audio = name in audio_outputs
+        snr = snr_db(ref, out) if is_audio else None
+        results.append(OutputComparison(name, err, tolerance.limit(ref), snr, tolerance.min_snr_db if is_audio else None))
     return Comparison(tuple(results))
+
+
+def _as_tolerance(value: ToleranceLike) -> Tolerance:
+    return value if isinstance(value, Tolerance) else Tolerance(atol=float(value))
 
 
 def words(text: str) -> list[str]:

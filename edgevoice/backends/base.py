@@ -42,19 +42,26 @@ class Runner:
     def stream(self, batch_size: int = 1) -> "StatefulStream":
         return StatefulStream(self, batch_size)
 
-    def _validate(self, feeds: Mapping[str, np.ndarray]) -> None:
-        expected = {spec.name for spec in self.component.inputs}
+    def _validate(self, feeds: Mapping[str, np.ndarray], state_held: bool = False) -> None:
+        """Check names, dtypes and shapes; ``state_held``: a stream keeps the state, feeds lack it."""
+        held = set(self.component.state_inputs) if state_held else set()
+        specs = [spec for spec in self.component.inputs if spec.name not in held]
+        expected = {spec.name for spec in specs}
         if set(feeds) != expected:
             raise EdgevoiceError(
                 f"{self.component.name}: inputs {sorted(feeds)} do not match the graph's {sorted(expected)}"
             )
         dims: dict[str, int] = {}
-        for spec in self.component.inputs:
+        for spec in specs:
             _check_tensor(self.component, spec, feeds[spec.name], dims)
 
 
 class StatefulStream:
-    """One session's state for a runner: feed non-state inputs, get non-state outputs."""
+    """One session's state for a runner: feed non-state inputs, get non-state outputs.
+
+    This one keeps the state as host arrays; GPU runners return streams that keep it on the
+    device with the same methods (``__call__``, ``reset``, ``snapshot``, ``restore``).
+    """
 
     def __init__(self, runner: Runner, batch_size: int = 1):
         self.runner = runner
