@@ -10,7 +10,10 @@ teaches the LLM, and what ``parse_tool_calls`` reads) is one JSON object per cal
 
     <tool_call>{"name": "get_time", "arguments": {"city": "Paris"}}</tool_call>
 
-Text outside the tags is spoken; the tags are not.
+Text outside the tags is spoken; the tags are not. When tools are registered, the system prompt
+gets ``ToolRunner.prompt()``: the tools' names, descriptions and argument schemas, and this
+convention. A result re-enters the conversation as a ``tool`` message (JSON with ``name``,
+``ok`` and ``result`` or ``error``), and the agent speaks about it as soon as the floor is free.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, Callable
 from edgevoice.errors import EdgevoiceError
 
 _CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
+_OPEN = "<tool_call>"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,23 @@ def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     return _CALL.sub("", text).strip(), calls
 
 
+def split_tool_text(text: str, final: bool = False) -> tuple[str, list[ToolCall]]:
+    """Like ``parse_tool_calls`` for text still being generated: an unfinished ``<tool_call>`` (or
+    a tail that may become one) is withheld from the speakable text until it closes. With
+    ``final`` the generation has ended and an unclosed tag is dropped."""
+    _, calls = parse_tool_calls(text)
+    speakable = _CALL.sub("", text)  # keep the original spacing: phrase cutting indexes this text
+    open_at = speakable.find(_OPEN)
+    if open_at >= 0:
+        speakable = speakable[:open_at]
+    elif not final:
+        for size in range(min(len(_OPEN) - 1, len(speakable)), 0, -1):  # "<tool" may be a tag's start
+            if _OPEN.startswith(speakable[-size:]):
+                speakable = speakable[:-size]
+                break
+    return speakable, calls
+
+
 class ToolRunner:
     """Registry plus worker pool. ``call`` returns at once; ``on_done`` gets the outcome later."""
 
@@ -93,6 +114,15 @@ class ToolRunner:
     @property
     def tools(self) -> list[Tool]:
         return list(self._tools.values())
+
+    def prompt(self) -> str:
+        """What the system prompt says about the registered tools and how to call them."""
+        specs = "\n".join(json.dumps(tool.spec()) for tool in self._tools.values())
+        return (
+            "You can use these tools:\n" + specs + "\n"
+            'To use one, write <tool_call>{"name": NAME, "arguments": {...}}</tool_call> and nothing '
+            "else about it; its result comes back in a tool message, then answer with it."
+        )
 
     def call(self, call: ToolCall) -> ToolCall:
         """Start ``call`` in the background; returns it with its id."""

@@ -87,6 +87,11 @@ class VadTurnPolicy:
         if self.state is TurnState.THINKING:
             self.state = TurnState.SPEAKING
 
+    def agent_takes_floor(self) -> None:
+        """The agent speaks unprompted (a tool's result arrived while everyone was quiet)."""
+        if self.state is TurnState.LISTENING:
+            self.state = TurnState.THINKING
+
     def agent_finished(self) -> None:
         if self.state in (TurnState.THINKING, TurnState.SPEAKING) and not self.paused:
             self.state = TurnState.LISTENING

@@ -51,9 +51,9 @@ def test_bad_options(kwargs):
 
 
 def test_reply_phrases_cut_for_speech():
-    from edgevoice.runtime.pipelines.cascade import _phrase_cut
+    from edgevoice.runtime.pipelines.cascade import phrase_cut
 
-    assert _phrase_cut("The capital of France is Paris.", 0) == len("The capital of France is Paris.")
-    assert _phrase_cut("Yes. It is", 0) == 0  # too short to speak alone
+    assert phrase_cut("The capital of France is Paris.", 0) == len("The capital of France is Paris.")
+    assert phrase_cut("Yes. It is", 0) == 0  # too short to speak alone
     text = "To make a cup of tea, start by boiling"
-    assert _phrase_cut(text, 0) == 0 and _phrase_cut(text, 0, first=True) == len("To make a cup of tea, ")
+    assert phrase_cut(text, 0) == 0 and phrase_cut(text, 0, first=True) == len("To make a cup of tea, ")

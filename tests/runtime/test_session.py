@@ -19,12 +19,14 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), np.float32)
 
 
-def converse(package, parts: list[np.ndarray], extra_s: float = 6.0, echo_cancellation: bool = True):
+def converse(package, parts: list[np.ndarray], extra_s: float = 6.0, **options):
+    """The conversation on an unpaced virtual clock, stages inline: deterministic."""
     recording = np.concatenate(parts)
     io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050)
-    session = DuplexSession(CascadePipeline(package), io, SessionOptions(echo_cancellation=echo_cancellation))
+    session = DuplexSession(CascadePipeline(package), io, SessionOptions(threaded=False, **options))
     with io:
         session.run(len(recording) / RATE + extra_s)
+    session.close()
     return session, io
 
 

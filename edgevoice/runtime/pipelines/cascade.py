@@ -109,7 +109,7 @@ class CascadePipeline:
         for token in self.llm.generate(messages, max_new_tokens=self.max_new_tokens, sampling=self.sampling):
             timing.setdefault("first_token", time.perf_counter() - t_end_of_speech)
             text += token.text
-            cut = _phrase_cut(text, spoken_upto, first=not pieces)
+            cut = phrase_cut(text, spoken_upto, first=not pieces)
             if cut:
                 pieces += self._speak(text[spoken_upto:cut], timing, t_end_of_speech)
                 spoken_upto = cut
@@ -148,7 +148,7 @@ class CascadePipeline:
         return TurnResult("", "", np.zeros(0, np.float32), self.voice.sample_rate, tuple(segments), latency, (note,))
 
 
-def _phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
+def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
     """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet.
 
     The first phrase may also end at a comma, so the reply starts sounding sooner.
