@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from edgevoice.cli import package_cmds, system_cmds, talk_cmd, vad_cmd
+from edgevoice.cli import package_cmds, perf_cmds, system_cmds, talk_cmd, vad_cmd
 from edgevoice.errors import EdgevoiceError
 
 app = typer.Typer(
@@ -29,6 +29,8 @@ app.command("talk")(talk_cmd.talk)
 app.command("vad")(vad_cmd.vad)
 app.command("doctor")(system_cmds.doctor)
 app.command("devices")(system_cmds.devices)
+app.command("bench")(perf_cmds.bench)
+app.command("plan")(perf_cmds.plan)
 
 
 def main() -> None:
