@@ -65,7 +65,7 @@ class CascadeThinker:
         started = time.perf_counter()
         transcript = self.agent.asr.transcribe(audio, rate).text.strip() if audio.size else ""
         gen.transcript = transcript
-        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=not gen.released.is_set(),
+        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative,
                    compute_s=time.perf_counter() - started)
         if not transcript or gen.cancelled.is_set():
             self._finish(gen)
