@@ -85,10 +85,12 @@ def torch_module(manifest: Manifest, name: str):
     return module
 
 
-def open_bench_runner(manifest: Manifest, name: str, config: BenchConfig):
+def open_bench_runner(manifest: Manifest, name: str, config: BenchConfig, module=None):
+    """A runner for ``name``; the torch backend uses ``module`` or else rebuilds it from the recipe."""
     from edgevoice.backends import open_runner
 
-    module = torch_module(manifest, name) if config.backend == "torch" else None
+    if config.backend == "torch" and module is None:
+        module = torch_module(manifest, name)
     return open_runner(manifest, name, config.backend, config.device, module=module, cuda_graphs=config.cuda_graphs)
 
 
@@ -184,10 +186,10 @@ class _Timer:
         return begin.elapsed_time(end) / 1e3
 
 
-def bench_component(manifest: Manifest, name: str, config: BenchConfig) -> dict[str, Any]:
+def bench_component(manifest: Manifest, name: str, config: BenchConfig, module=None) -> dict[str, Any]:
     component = manifest.component(name)
     before = rss_bytes()
-    runner = open_bench_runner(manifest, name, config)
+    runner = open_bench_runner(manifest, name, config, module)
     stream = runner.stream(1)
     feeds = step_feeds(component, np.random.default_rng(config.seed))
     cuda = config.device == "cuda" and config.backend == "torch"
