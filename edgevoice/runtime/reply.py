@@ -105,6 +105,7 @@ class Generation:
         self.audio_key: float = 0.0  # the user's last speech time this generation answers (speculation)
         self.said: str | None = None  # set on barge-in: what the listener heard of the reply
         self.history_index: int | None = None  # where the reply sits in the conversation history
+        self.pending_history: list[dict[str, str]] | None = None  # a speculation's turn, kept until released
 
     def cancel(self) -> None:
         self.cancelled.set()

@@ -203,7 +203,7 @@ class DuplexSession:
         self._emit(ev.TURN_TAKEN)
         spec, self._speculation = self._speculation, None
         if spec is not None and not spec.cancelled.is_set():
-            spec.released.set()  # the answer prepared in the silence gets the floor
+            self.thinker.release(spec)  # the answer prepared in the silence gets the floor
             self._current = spec
         else:
             self._current = self._start_answer(speculative=False)

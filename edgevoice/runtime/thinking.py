@@ -84,6 +84,15 @@ class CascadeThinker:
         with self._history_lock:
             self.agent.history.append({"role": "tool", "content": json.dumps(body, default=str)})
 
+    def release(self, gen: Generation) -> None:
+        """The turn ended as ``gen`` (a speculative answer) assumed: it may play and join the history."""
+        with self._history_lock:
+            gen.released.set()
+            if gen.pending_history is not None:
+                self.agent.history.extend(gen.pending_history)
+                gen.history_index = len(self.agent.history) - 1
+                gen.pending_history = None
+
     def barge_in(self, gen: Generation, said: str) -> None:
         """Keep only what the listener heard of ``gen``'s reply as the agent's turn (listen thread)."""
         with self._history_lock:
@@ -123,7 +132,8 @@ class CascadeThinker:
             llm.commit()
             self._queue_phrase(gen, speakable[spoken_upto:], resampler)
         gen.text = speakable.strip()
-        self._emit(ev.REPLY_TEXT, turn=turn, text=gen.text, compute_s=time.perf_counter() - t0)
+        self._emit(ev.REPLY_TEXT, turn=turn, text=gen.text, speculative=gen.speculative,
+                   cancelled=gen.cancelled.is_set(), compute_s=time.perf_counter() - t0)
         self._remember(gen, new, raw.strip())
         self._finish(gen, resampler)
 
@@ -151,14 +161,17 @@ class CascadeThinker:
         self.speak.submit(close)  # after every queued phrase of this reply
 
     def _remember(self, gen: Generation, new: list[dict[str, str]], reply: str) -> None:
-        """The turn joins the history; a speculation that was never released leaves no trace."""
-        if gen.cancelled.is_set() and not gen.released.is_set():
-            return
+        """The turn joins the history; a speculation joins it only once released (never if cancelled)."""
         with self._history_lock:
+            if gen.cancelled.is_set() and not gen.released.is_set():
+                return
             said = gen.said
-            self.agent.history.extend(new)
-            gen.history_index = len(self.agent.history)
-            self.agent.history.append({"role": "assistant", "content": reply if said is None else said})
+            messages = [*new, {"role": "assistant", "content": reply if said is None else said}]
+            if not gen.released.is_set():
+                gen.pending_history = messages
+                return
+            self.agent.history.extend(messages)
+            gen.history_index = len(self.agent.history) - 1
 
     def _start_tool(self, call, turn: int) -> None:
         self._emit(ev.TOOL_CALL, turn=turn, name=call.name, arguments=call.arguments)

@@ -83,5 +83,72 @@ def test_backchannel_does_not_stop_the_answer(cascade_package, echo_cancellation
     assert len(texts(session, ev.TRANSCRIPT)) == 1
 
 
+def trimmed(audio: np.ndarray) -> np.ndarray:
+    """Without espeak's leading and trailing silence."""
+    voiced = np.flatnonzero(np.abs(audio) > 0.02)
+    return audio[voiced[0] : voiced[-1] + 1]
+
+
 def first_voiced(audio: np.ndarray) -> int:
     return int(np.argmax(np.abs(audio) > 0.02))
+
+
+def room_response(delay_s: float = 0.05, gain: float = 0.5, seed: int = 1) -> np.ndarray:
+    """A 100 ms room (random taps, 20 ms decay) after ``delay_s``: the speaker-to-mic path at 16 kHz."""
+    rng = np.random.default_rng(seed)
+    taps = int(0.1 * RATE)
+    response = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (0.02 * RATE))
+    response *= gain / np.sqrt(np.sum(response**2))
+    return np.concatenate([np.zeros(int(delay_s * RATE)), response]).astype(np.float32)
+
+
+@pytest.mark.parametrize("echo_cancellation", [True, False])
+def test_on_open_speakers_the_agent_never_interrupts_itself(cascade_package, echo_cancellation):
+    q1 = espeak("Can you tell me a fun fact about cats?")
+    recording = np.concatenate([silence(0.5), q1, silence(25.0)])  # room for the whole answer
+    io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, echo_path=room_response())
+    session = DuplexSession(CascadePipeline(cascade_package), io,
+                            SessionOptions(threaded=False, echo_cancellation=echo_cancellation))
+    with io:
+        session.run(len(recording) / RATE)
+    session.close()
+    assert session.events.history(ev.FIRST_AUDIO)
+    heard_itself = session.events.history(ev.BARGE_IN)
+    if echo_cancellation:
+        assert not heard_itself and len(session.events.history(ev.AGENT_DONE)) == 1
+        assert len(texts(session, ev.TRANSCRIPT)) == 1
+    else:  # the control: the same room without cancellation makes the agent stop for its own voice
+        assert heard_itself
+
+
+def test_think_while_listening_has_the_answer_ready_at_the_endpoint(cascade_package):
+    q1 = espeak("Could you please tell me what the capital of France is?")
+    session, io = converse(cascade_package, [silence(0.5), q1, silence(1.0)])
+    [end] = session.events.history(ev.USER_SPEECH_END)
+    [transcript] = session.events.history(ev.TRANSCRIPT)
+    assert transcript.data["speculative"] and transcript.time < end.time  # made in the endpoint silence
+    assert session.events.history(ev.PARTIAL_TRANSCRIPT)  # and partials while the user spoke
+    [first_audio] = session.events.history(ev.FIRST_AUDIO)
+    assert first_audio.time - end.time < 0.05  # released the moment the turn was confirmed
+
+
+def test_a_pause_mid_sentence_drops_the_speculative_answer(cascade_package):
+    part1, part2 = trimmed(espeak("What is the capital")), trimmed(espeak("of France?"))
+    # 400 ms of silence: past speculate_after_ms (200), short of the endpoint (600).
+    session, io = converse(cascade_package, [silence(0.5), part1, silence(0.4), part2, silence(1.0)])
+    speculative = [e for e in session.events.history(ev.TRANSCRIPT) if e.data["speculative"]]
+    assert len(speculative) == 2 and "France" not in speculative[0].data["text"]  # the first one was dropped
+    assert "France" in speculative[1].data["text"]
+    users = [m["content"] for m in session.agent.history if m["role"] == "user"]
+    assert len(users) == 1 and "France" in users[0]  # the dropped answer left no trace
+    assert len(session.events.history(ev.FIRST_AUDIO)) == 1
+
+
+def test_without_think_while_listening_the_answer_starts_at_the_endpoint(cascade_package):
+    q1 = espeak("What is the capital of France?")
+    session, io = converse(cascade_package, [silence(0.5), q1, silence(1.0)], think_while_listening=False)
+    [end] = session.events.history(ev.USER_SPEECH_END)
+    [transcript] = session.events.history(ev.TRANSCRIPT)
+    assert not transcript.data["speculative"] and transcript.time >= end.time
+    assert not session.events.history(ev.PARTIAL_TRANSCRIPT)
+    assert "Paris" in texts(session, ev.REPLY_TEXT)[0]
