@@ -43,6 +43,17 @@ def rel_err(ours, ref) -> float:
     return float((ours.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-30))
 
 
+def meta_entry(section: dict, prefix: str):
+    """The value of the one key of a meta.json section that starts with ``prefix``.
+
+    Some meta keys carry sizes in their names ("turn_prefix_ids (stat sl, before 25 prompt
+    embeddings)"), which differ between sets.
+    """
+    matches = [k for k in section if k.split(" ")[0] == prefix]
+    assert len(matches) == 1, f"meta.json has {len(matches)} keys named {prefix!r}: {sorted(section)}"
+    return section[matches[0]]
+
+
 @dataclass
 class FixtureSet:
     root: Path

@@ -16,7 +16,7 @@ import torch
 
 from edgevoice.recipes.fo_listen import turn_start_embeds
 from edgevoice.runtime.turn_state import decide_batch
-from fo_fixtures import fixture_params, load_listen_of, load_set, rel_err
+from fo_fixtures import fixture_params, load_listen_of, load_set, meta_entry, rel_err
 
 REL_TOL = 1e-4  # of max |golden|, float32 vs float32 (see module docstring)
 FBANK_ATOL = 1e-3  # log-mel units, independent Kaldi implementation
@@ -65,7 +65,7 @@ def test_encoder_chunk_by_chunk(root):
     assert rel_err(torch.stack([state[2 + 2 * i][0] for i in range(layers)]), golden["encoder_cache_k_final"]) <= REL_TOL
     assert rel_err(torch.stack([state[3 + 2 * i][0] for i in range(layers)]), golden["encoder_cache_v_final"]) <= REL_TOL
     last = fixture.meta["listen"]["chunks"][-1]
-    assert int(state[0]) == last["pe_index_out"] and int(state[1]) == last["encoder_cache_shape_after (per layer K,V)"][0][2]
+    assert int(state[0]) == last["pe_index_out"] and int(state[1]) == meta_entry(last, "encoder_cache_shape_after")[0][2]
 
 
 @torch.no_grad()
@@ -94,8 +94,8 @@ def test_llm_hidden_and_turn_state(root):
     golden, prompt = fixture.golden, fixture.meta["prompt"]
     system_ids = torch.tensor([prompt["system_role_ids"]])
     assert tuple(prompt["system_role_ids"][: len(listen.prompt.system_prefix_ids)]) == listen.prompt.system_prefix_ids
-    assert list(listen.prompt.turn_prefix_ids) == prompt["turn_prefix_ids (stat sl, before 25 prompt embeddings)"]
-    assert list(listen.prompt.response_prefix_ids) == prompt["response_suffix_ids (stat ss)"]
+    assert list(listen.prompt.turn_prefix_ids) == meta_entry(prompt, "turn_prefix_ids")
+    assert list(listen.prompt.response_prefix_ids) == meta_entry(prompt, "response_suffix_ids")
     assert rel_err(listen.llm.model.embed_tokens(system_ids)[0], golden["pre_llm_inputs_embeds"]) <= REL_TOL
     rows = replay_rows(fixture, listen)
     assert rel_err(rows[1][0], golden["llm_inputs_embeds_first"]) <= REL_TOL
