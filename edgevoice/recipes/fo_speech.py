@@ -177,10 +177,14 @@ def _codec_feeds(config: FoCodecConfig, seed: int) -> list[dict[str, np.ndarray]
 
 
 def speech_components(
-    speech: FoSpeech, stream: CodecStreamConfig = CodecStreamConfig(), license: str = LICENSE, seed: int = 0
+    speech: FoSpeech, stream: CodecStreamConfig | None = None, license: str = LICENSE, seed: int = 0
 ) -> list[RecipeComponent]:
-    """The decoder graphs and the codec of ``speech``, with seeded parity feeds."""
+    """The decoder graphs and the codec of ``speech``, with seeded parity feeds.
+
+    ``stream`` is the FIFO the runtime will use (default: the reference's 40 + 10 tokens at the codec's hop).
+    """
     codec_config = speech.codec_config
+    stream = stream or CodecStreamConfig(hop=codec_config.hop)
     if codec_config.hop != stream.hop:
         raise EdgevoiceError(f"the codec hop is {codec_config.hop} samples but the FIFO expects {stream.hop}; "
                              f"pass CodecStreamConfig(hop={codec_config.hop})")

@@ -129,7 +129,7 @@ def test_codec_graph_through_the_fifo_matches_golden(exported):
         (golden["tts_tokens"], golden["tts_wav"], meta["speech_decoder"]["yielded_segment_samples"]),
         (golden["codec_fixed_tokens"], golden["codec_full_wav"], meta["codec"]["chunked_yielded_segment_samples"]),
     ):
-        stream = SpeechAudioStream(ort_decode(exported), CodecStreamConfig())
+        stream = SpeechAudioStream(ort_decode(exported), CodecStreamConfig(hop=exported.speech.codec_config.hop))
         pieces = [p for t in tokens.tolist() if (p := stream.push(t)) is not None] + [stream.finish()]
         assert [len(p) for p in pieces if len(p)] == counts
         assert_close(np.concatenate(pieces), wav, "codec pcm (onnxruntime)")

@@ -156,7 +156,7 @@ def test_codec_fifo_windows_are_the_references(fixture_set):
                                                  (1.0, "chunked_seg_threshold_1.0_yielded_segment_samples")])
 def test_chunked_codec_equals_full_decode_and_cuts_like_the_reference(fixture_set, threshold, meta_key):
     _, golden, meta, speech = fixture_set
-    stream = SpeechAudioStream(codec_decode(speech), CodecStreamConfig(quiet_threshold=threshold))
+    stream = SpeechAudioStream(codec_decode(speech), CodecStreamConfig(hop=speech.codec_config.hop, quiet_threshold=threshold))
     with torch.no_grad():
         pieces = [p for t in golden["codec_fixed_tokens"].tolist() if (p := stream.push(t)) is not None]
         pieces.append(stream.finish())
@@ -166,7 +166,7 @@ def test_chunked_codec_equals_full_decode_and_cuts_like_the_reference(fixture_se
 
 def test_decoded_speech_matches_golden_wav(fixture_set):
     _, golden, meta, speech = fixture_set
-    stream = SpeechAudioStream(codec_decode(speech))
+    stream = SpeechAudioStream(codec_decode(speech), CodecStreamConfig(hop=speech.codec_config.hop))
     with torch.no_grad():
         pieces = [p for t in golden["tts_tokens"].tolist() if (p := stream.push(t)) is not None]
         pieces.append(stream.finish())
@@ -279,3 +279,61 @@ def test_random_speech_at_published_sizes():
     with torch.no_grad():
         pcm = speech.codec(torch.tensor([[1, 2, 3]]))
     assert pcm.shape == (1, 1800) and torch.isfinite(pcm).all()
+
+
+def write_published_format(speech, folder) -> None:
+    """``speech`` saved as Freeze-Omni's checkpoints/: model.json files, {'model'} and weight-normed generator."""
+    import json
+
+    dec, codec = speech.decoder_config, speech.codec_config
+    (folder / "decoder").mkdir()
+    (folder / "codec").mkdir()
+    args = {"transformer_attention_dim": dec.width, "encoder_output_dim": dec.width, "transformer_num_blocks": dec.ar_layers,
+            "transformer_attention_heads": dec.heads, "transformer_linear_units": dec.ffn, "kv_cache_prefix_finetune": 1}
+    (folder / "decoder" / "model.json").write_text(json.dumps([dec.width, dec.odim, args]))
+    torch.save({"model": speech.decoder.state_dict(), "optimizer": {"step": torch.tensor(3)}}, folder / "decoder" / "final.pt")
+    generator = {}
+    for name, value in speech.codec.state_dict().items():
+        if name.endswith(".weight") and value.dim() == 3:  # unfold: v = w, g = |w| per output (dim 0)
+            module = name[: -len(".weight")]
+            generator[f"{module}.weight_v"] = value * 2.0
+            generator[f"{module}.weight_g"] = value.norm(dim=(1, 2), keepdim=True)
+        elif name.endswith(".bias"):
+            generator[name] = value
+    width = codec.global_dim // len(speech.global_tokens)
+    quantizer = {"quantizer_modules.0.embedding.weight": speech.codec.codebook.weight.detach()}
+    for j, token in enumerate(speech.global_tokens):
+        table = torch.randn(codec.n_codes, width)
+        table[token] = speech.codec.global_vector[j * width : (j + 1) * width]
+        quantizer[f"quantizer_modules_globaltokens.{j}.embedding.weight"] = table
+    torch.save({"generator": generator, "quantizer": quantizer, "encoder": {"conv_pre.bias": torch.zeros(3)}},
+               folder / "codec" / "final.pt")
+    (folder / "codec" / "model.json").write_text(json.dumps({
+        "resblock": "1", "n_code_groups": 1, "residul_layer": 1, "n_codes": codec.n_codes, "sampling_rate": 24000,
+        "upsample_initial_channel": codec.initial_channels, "upsample_rates": list(codec.upsample_rates),
+        "upsample_kernel_sizes": list(codec.upsample_kernels), "resblock_kernel_sizes": list(codec.resblock_kernels),
+        "resblock_dilation_sizes": [list(d) for d in codec.resblock_dilations], "global_tokens": list(speech.global_tokens),
+    }))
+
+
+def test_converter_round_trip_at_other_dimensions(tmp_path):
+    """Nothing is sized from the fixture: a 48-wide, 3-head, 2-block decoder and a 3-kernel MRF codec load back."""
+    from edgevoice.recipes.fo_speech import SpeechDims, random_speech
+
+    dims = SpeechDims(width=48, heads=3, ffn=80, num_blocks=2, codec_initial_channels=64, upsample_kernels=(16, 11, 11, 5),
+                      resblock_kernels=(3, 5, 7), resblock_dilations=((1, 3, 5), (1, 2, 4), (2, 3, 4)), odim=300, code_dim=24,
+                      global_codes=4, global_code_dim=4)
+    limits = {"max_prefix_rows": 16, "max_text_rows": 16, "max_speech_tokens": 16}
+    original = random_speech(dims, seed=5, **limits)
+    write_published_format(original, tmp_path)
+    loaded = load_speech(tmp_path, **limits)
+    assert loaded.decoder_config == original.decoder_config and loaded.codec_config == original.codec_config
+    unused = loaded.unused_by_design
+    assert len(unused) == 2 and "'optimizer'" in unused[0] and "'encoder'" in unused[1]
+    generator = torch.Generator().manual_seed(1)
+    prefix, text = torch.randn(1, 12, 48, generator=generator), torch.randn(1, 8, 48, generator=generator)
+    fed = torch.tensor([[dims.odim + 1, 3, 7, 11]])
+    assert torch.abs(loaded.decoder(prefix, text, fed) - original.decoder(prefix, text, fed)).max().item() == 0.0
+    tokens = torch.tensor([[1, 5, 299, 42]])
+    with torch.no_grad():
+        assert torch.abs(loaded.codec(tokens) - original.codec(tokens)).max().item() <= 1e-5  # fold rounding only
