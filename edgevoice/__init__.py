@@ -8,4 +8,13 @@ from edgevoice.errors import EdgevoiceError
 
 __version__ = "0.1.0"
 
-__all__ = ["EdgevoiceError", "__version__"]
+__all__ = ["Agent", "EdgevoiceError", "__version__"]
+
+
+def __getattr__(name: str):
+    # Agent pulls in onnxruntime and the audio stack; load it on first use, not on `import edgevoice`.
+    if name == "Agent":
+        from edgevoice.runtime.agent import Agent
+
+        return Agent
+    raise AttributeError(f"module 'edgevoice' has no attribute {name!r}")

@@ -30,6 +30,7 @@ TOOL_RESULT = "tool_result"
 TOOL_ERROR = "tool_error"
 XRUN = "xrun"
 WARNING = "warning"
+SESSION_END = "session_end"  # the conversation ended; data is the session's summary
 
 
 @dataclass(frozen=True)

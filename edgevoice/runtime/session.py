@@ -113,6 +113,33 @@ class DuplexSession:
         while self.io.clock.now() < end and self.step():
             pass
 
+    @property
+    def idle(self) -> bool:
+        """Nobody holds the floor and no stage has work: no reply, no tool call in flight."""
+        return (self._current is None and self._speculation is None and not self._heard
+                and self.policy.state is TurnState.LISTENING and self._think.idle and self._speak.idle
+                and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
+
+    def summary(self) -> dict:
+        """Turns, per-turn latencies and every audio problem counted, for the end of a conversation."""
+        stats = self.io.stats
+        latencies = ev.turn_latencies(self.events.history())
+        first_audio = sorted(t[ev.FIRST_AUDIO] for t in latencies.values() if ev.FIRST_AUDIO in t)
+        return {
+            "turns": self.turn,
+            "session_seconds": self.io.clock.now(),
+            "replies": len(self.events.history(ev.AGENT_DONE)),
+            "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
+            "tool_calls": len(self.events.history(ev.TOOL_CALL)),
+            "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
+            "xruns": stats.xruns,
+            "mic_overrun_samples": self.io.mic.overrun_samples,
+            "reference_overrun_samples": self.io.reference.overrun_samples,
+            "speaker_underrun_samples": self.io.speaker.underrun_samples,
+            "nonfinite_samples": stats.nonfinite_samples,
+            "clipped_samples": stats.clipped_samples,
+        }
+
     def close(self) -> None:
         """Stop every stage: cancel the reply, end the workers, drop pending tool calls."""
         for gen in (self._current, self._speculation):

@@ -103,6 +103,7 @@ class ToolRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgevoice-tool")
         self._next_id = 0
         self._delivered: set[int] = set()  # call ids whose outcome went out (a late result is dropped)
+        self.in_flight = 0  # calls started whose outcome has not gone out yet
         self._lock = threading.Lock()
 
     def register(self, tool: Tool) -> None:
@@ -128,6 +129,7 @@ class ToolRunner:
         """Start ``call`` in the background; returns it with its id."""
         with self._lock:
             self._next_id += 1
+            self.in_flight += 1
             call = ToolCall(call.name, call.arguments, self._next_id)
         problem = self._problem(call)
         if problem:
@@ -162,6 +164,7 @@ class ToolRunner:
             if outcome.call.call_id in self._delivered:
                 return
             self._delivered.add(outcome.call.call_id)
+            self.in_flight -= 1
         self._on_done(outcome)
 
     def _problem(self, call: ToolCall) -> str:

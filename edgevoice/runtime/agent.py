@@ -1,0 +1,189 @@
+"""``Agent``: the library API — a voice agent over an engine package, embedded in an application.
+
+    from edgevoice import Agent
+
+    agent = Agent("engines/cpu")
+    @agent.tool(description="Current time", parameters={"type": "object", "properties": {}})
+    def get_time():
+        return time.strftime("%H:%M")
+    agent.on("reply_text", lambda event: print(event.data["text"]))
+    with agent.start(agent.microphone()):     # or a FileIO, or an AppAudioIO fed by your stack
+        agent.wait()                           # until Ctrl-C, stop(), or the recording ends
+
+The engines load once (``Agent(...)``); ``start`` opens a ``DuplexSession`` over the audio I/O and
+runs its listen loop on a thread of its own (think, speak and tools have theirs), so the caller's
+thread stays free. ``run`` is the blocking form, ``arun`` the asyncio one, ``events()`` an async
+iterator over what happens. On a ``FileIO`` without pace the conversation runs inline on the
+virtual clock instead: deterministic, faster than real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+from edgevoice.audio.io import AudioIO, FileIO
+from edgevoice.errors import EdgevoiceError
+from edgevoice.runtime import events as ev
+from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
+from edgevoice.runtime.pipelines.cascade import DEFAULT_SYSTEM_PROMPT, CascadePipeline
+from edgevoice.runtime.session import DuplexSession, SessionOptions
+from edgevoice.runtime.tools import Tool, ToolRunner
+
+
+class Agent:
+    """Load a package once; register tools and subscribers; start/stop conversations on any audio I/O."""
+
+    def __init__(self, package: str | Path, *, backend: str = "ort", device: str = "cpu",
+                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 64, seed: int = 0,
+                 options: SessionOptions = SessionOptions()):
+        self.pipeline = CascadePipeline(package, backend=backend, device=device, system_prompt=system_prompt,
+                                        max_new_tokens=max_new_tokens, seed=seed)
+        self.options = options
+        self.bus = EventBus()
+        self._tools: list[Tool] = []
+        self.session: DuplexSession | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._finished = threading.Event()
+        self.error: BaseException | None = None  # what ended the listen loop, if it failed
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def tool(self, name: str | None = None, *, description: str = "", parameters: dict[str, Any] | None = None,
+             timeout_s: float = 10.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a function as a tool (arguments described by a JSON schema)."""
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            schema = parameters or {"type": "object", "properties": {}}
+            self.add_tool(Tool(name or function.__name__, function, description or (function.__doc__ or "").strip(),
+                               schema, timeout_s))
+            return function
+        return register
+
+    def add_tool(self, tool: Tool) -> None:
+        if any(t.name == tool.name for t in self._tools):
+            raise EdgevoiceError(f"a tool named {tool.name!r} is already registered")
+        ToolRunner(lambda _: None).register(tool)  # validates the schema now, not mid-conversation
+        self._tools.append(tool)
+
+    def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
+        return self.bus.subscribe(callback if kind is None else _only(kind, callback))
+
+    def write_events(self, stream) -> Callable[[], None]:
+        """Write every event as a JSON line to ``stream`` (what ``talk --events`` does)."""
+        return self.bus.subscribe(JsonLinesWriter(stream))
+
+    def microphone(self, backend: str = "sounddevice", **device_options: Any) -> AudioIO:
+        """The sound card as audio I/O (``DeviceConfig`` fields as keywords), at the package's rates."""
+        from edgevoice.audio.device_io import DeviceConfig, PyAudioIO, SoundDeviceIO
+
+        classes = {"sounddevice": SoundDeviceIO, "pyaudio": PyAudioIO}
+        if backend not in classes:
+            raise EdgevoiceError(f"unknown audio backend {backend!r}; use sounddevice or pyaudio")
+        return classes[backend](DeviceConfig(**device_options), mic_rate=self.pipeline.vad.sample_rate,
+                                speaker_rate=self.pipeline.voice.sample_rate)
+
+    # --- running -------------------------------------------------------------------------------
+
+    def start(self, io: AudioIO, seconds: float | None = None) -> "Agent":
+        """Start a conversation on ``io`` in the background; returns self (a context manager).
+
+        It ends after ``seconds`` of session time, at ``stop()``, on a device failure, or — on a
+        ``FileIO`` — once the recording is over and the agent has nothing left to say or do.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            raise EdgevoiceError("this agent is already in a conversation; stop() it first")
+        self.session = self._new_session(io)
+        self._stopping.clear()
+        self._finished.clear()
+        self.error = None
+        io.start()
+        end = None if seconds is None else io.clock.now() + seconds
+        self._thread = threading.Thread(target=self._listen, args=(end,), name="edgevoice-listen", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the conversation ends (stop, end of a recording, device failure); False on timeout."""
+        done = self._finished.wait(timeout)
+        if done and self.error is not None:
+            raise self.error
+        return done
+
+    def stop(self) -> None:
+        """End the conversation: cancel the reply, stop every stage and the audio."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        if self.session is not None:
+            self.session.close()
+            self.session.io.stop()
+
+    def run(self, io: AudioIO, seconds: float | None = None) -> DuplexSession:
+        """Blocking: converse on ``io`` for ``seconds`` (None: until the recording ends or stop())."""
+        self.start(io, seconds)
+        try:
+            self.wait()
+        finally:
+            self.stop()
+        return self.session
+
+    async def arun(self, io: AudioIO, seconds: float | None = None) -> DuplexSession:
+        """``run`` for asyncio applications (the loops run on threads; the event loop stays free)."""
+        return await asyncio.to_thread(self.run, io, seconds)
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event from now on, as an async iterator (ends when the conversation does)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        unsubscribe = self.bus.subscribe(lambda event: loop.call_soon_threadsafe(queue.put_nowait, event))
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if event.kind == ev.SESSION_END:
+                    return
+        finally:
+            unsubscribe()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- inside ----------------------------------------------------------------------------------
+
+    def _new_session(self, io: AudioIO) -> DuplexSession:
+        # Unpaced virtual time would race ahead of threaded thinking: run the stages inline there.
+        inline = isinstance(io, FileIO) and io.pace is None
+        options = replace(self.options, threaded=self.options.threaded and not inline)
+        session = DuplexSession(self.pipeline, io, options, events=self.bus)
+        for tool in self._tools:
+            session.tools.register(tool)
+        return session
+
+    def _listen(self, end: float | None) -> None:
+        session, io = self.session, self.session.io
+        try:
+            while not self._stopping.is_set() and session.step():
+                if end is not None and io.clock.now() >= end:
+                    break
+                if isinstance(io, FileIO) and io.recording_finished and session.idle:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+            self.error = exc
+        finally:
+            summary = session.summary()
+            if self.error is not None:
+                summary["error"] = f"{type(self.error).__name__}: {self.error}"
+            self.bus.emit(Event(io.clock.now(), ev.SESSION_END, session.turn, summary))
+            self._finished.set()
+
+
+def _only(kind: str, callback: Callable[[Event], None]) -> Callable[[Event], None]:
+    return lambda event: callback(event) if event.kind == kind else None
