@@ -9,6 +9,8 @@ sample counts must be exact (the smallest top-1/top-2 logit gap in the goldens i
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -152,16 +154,27 @@ def test_codec_fifo_windows_are_the_references(fixture_set):
                                                   for i in range(len(windows))]
 
 
-@pytest.mark.parametrize("threshold, meta_key", [(0.01, "chunked_yielded_segment_samples"),
-                                                 (1.0, "chunked_seg_threshold_1.0_yielded_segment_samples")])
-def test_chunked_codec_equals_full_decode_and_cuts_like_the_reference(fixture_set, threshold, meta_key):
+REFERENCE_THRESHOLD = 0.01  # llm2TTS.run's default seg_threshold
+
+
+def recorded_cuts(codec_meta: dict) -> list[tuple[float, list[int]]]:
+    """(threshold, yielded segment sizes) pairs in meta.json; other thresholds are named in their key."""
+    pattern = re.compile(r"chunked_seg_threshold_([0-9.eE+-]+)_yielded_segment_samples")
+    cuts = [(REFERENCE_THRESHOLD, codec_meta["chunked_yielded_segment_samples"])]
+    return cuts + [(float(m.group(1)), value) for key, value in codec_meta.items() if (m := pattern.fullmatch(key))]
+
+
+def test_chunked_codec_equals_full_decode_and_cuts_like_the_reference(fixture_set):
     _, golden, meta, speech = fixture_set
-    stream = SpeechAudioStream(codec_decode(speech), CodecStreamConfig(hop=speech.codec_config.hop, quiet_threshold=threshold))
-    with torch.no_grad():
-        pieces = [p for t in golden["codec_fixed_tokens"].tolist() if (p := stream.push(t)) is not None]
-        pieces.append(stream.finish())
-    assert [len(p) for p in pieces if len(p)] == meta["codec"][meta_key]
-    assert_close(np.concatenate(pieces), golden["codec_full_wav"], "chunked codec vs full")
+    cuts = recorded_cuts(meta["codec"])
+    assert len(cuts) >= 2  # the default (no cut on loud audio) and at least one splitting threshold
+    for threshold, expected in cuts:
+        stream = SpeechAudioStream(codec_decode(speech), CodecStreamConfig(hop=speech.codec_config.hop, quiet_threshold=threshold))
+        with torch.no_grad():
+            pieces = [p for t in golden["codec_fixed_tokens"].tolist() if (p := stream.push(t)) is not None]
+            pieces.append(stream.finish())
+        assert [len(p) for p in pieces if len(p)] == expected, f"threshold {threshold}"
+        assert_close(np.concatenate(pieces), golden["codec_full_wav"], "chunked codec vs full")
 
 
 def test_decoded_speech_matches_golden_wav(fixture_set):
