@@ -84,9 +84,12 @@ class DuplexSession:
         self._current: Generation | None = None  # the reply that has (or will get) the floor
         self._speculation: Generation | None = None  # an answer prepared before the endpoint
         self._speaking = False  # the current reply has started playing
-        self._cancelled: list[tuple[Generation, int]] = []  # barge-ins waiting for their stages to stop
+        self._cancelled: list[tuple[Generation, int, int]] = []  # (reply, its turn, words kept) until its stages stop
         self._tool_results_waiting = 0
         self._last_partial_at = 0.0
+        self._xruns_seen = (0, 0)  # device xruns and lost mic samples already reported
+        self.reply_gaps = 0  # times the speaker ran dry in the middle of a reply (synthesis fell behind)
+        self._in_gap = False
         self.level = 0.0  # RMS of the last cleaned frame (the live view's meter)
         if options.think_while_listening:
             self._think.submit(self.thinker.warm_up)
@@ -105,6 +108,7 @@ class DuplexSession:
         self._act()
         self._feed_speaker()
         self._report_cancels()
+        self._report_xruns()
         return True
 
     def run(self, seconds: float) -> None:
@@ -132,10 +136,11 @@ class DuplexSession:
             "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
             "tool_calls": len(self.events.history(ev.TOOL_CALL)),
             "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
-            "xruns": stats.xruns,
+            "device_xruns": stats.xruns,
+            "reply_gaps": self.reply_gaps,
             "mic_overrun_samples": self.io.mic.overrun_samples,
             "reference_overrun_samples": self.io.reference.overrun_samples,
-            "speaker_underrun_samples": self.io.speaker.underrun_samples,
+            "speaker_silence_samples": self.io.speaker.underrun_samples,  # silence played while nothing was queued
             "nonfinite_samples": stats.nonfinite_samples,
             "clipped_samples": stats.clipped_samples,
         }
@@ -283,6 +288,7 @@ class DuplexSession:
         if room <= 0:
             return
         chunk = gen.reply.take(room)
+        self._track_gap(starved=self._speaking and self.io.speaker.readable == 0 and not chunk.size)
         if not chunk.size:
             return
         if not self._speaking:
@@ -290,6 +296,21 @@ class DuplexSession:
             self.policy.agent_started_speaking()
             self._emit(ev.FIRST_AUDIO)
         self.io.speaker.write(chunk)
+
+    def _track_gap(self, starved: bool) -> None:
+        """A gap in the agent's speech (its audio not ready in time) is an xrun the listener hears."""
+        if starved and not self._in_gap:
+            self.reply_gaps += 1
+            self._emit(ev.XRUN, kind="reply_gap")
+        self._in_gap = starved
+
+    def _report_xruns(self) -> None:
+        """Device over/underflows and lost microphone audio, as events when they happen."""
+        seen = (self.io.stats.xruns, self.io.mic.overrun_samples)
+        if seen != self._xruns_seen:
+            self._emit(ev.XRUN, kind="device", device_xruns=seen[0] - self._xruns_seen[0],
+                       mic_samples_lost=seen[1] - self._xruns_seen[1])
+            self._xruns_seen = seen
 
     def _pause(self) -> None:
         """Possible interruption: stop the audio now, keep the reply to resume from where it stopped."""
@@ -307,13 +328,14 @@ class DuplexSession:
         gen.cancel()
         said = gen.reply.spoken_text(gen.reply.cursor)
         self.thinker.barge_in(gen, said)
-        self._cancelled.append((gen, len(said.split())))
+        self._cancelled.append((gen, self.turn, len(said.split())))
 
     def _report_cancels(self) -> None:
         """``cancel_done`` once the think and speak stages of a cancelled reply have both stopped."""
-        for gen, kept in [c for c in self._cancelled if c[0].done.is_set()]:
-            self._cancelled.remove((gen, kept))
-            self._emit(ev.CANCEL_DONE, kept_words=kept, of_words=len(gen.text.split()))
+        for entry in [c for c in self._cancelled if c[0].done.is_set()]:
+            self._cancelled.remove(entry)
+            gen, turn, kept = entry
+            self._emit_turn(ev.CANCEL_DONE, turn, kept_words=kept, of_words=len(gen.text.split()))
 
     def _finish_reply(self, gen: Generation) -> None:
         self._current = None

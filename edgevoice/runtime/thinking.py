@@ -21,7 +21,7 @@ import numpy as np
 
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.pipelines.cascade import CascadePipeline, phrase_cut
+from edgevoice.runtime.pipelines.cascade import CascadePipeline, phrase_cut, prompt_messages
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner, split_tool_text
 from edgevoice.runtime.workers import Worker
@@ -71,7 +71,7 @@ class CascadeThinker:
             self._finish(gen)
             return
         user = {"role": "user", "content": transcript}
-        self._generate(gen, [*self._context(), user], [user], turn)
+        self._generate(gen, self._context(user), [user], turn)
 
     def follow_up(self, gen: Generation, turn: int) -> None:
         """Speak about tool results that arrived since the last reply (think job)."""
@@ -182,17 +182,19 @@ class CascadeThinker:
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def _context(self) -> list[dict[str, str]]:
+    def _context(self, *new: dict[str, str]) -> list[dict[str, str]]:
+        """The LLM's chat: system prompt (with the tools and a recap of earlier turns), then ``new``."""
         system = self.agent.system_prompt
         if self.tools is not None and self.tools.tools:
             system = f"{system}\n\n{self.tools.prompt()}"
         with self._history_lock:
-            return [{"role": "system", "content": system}, *self.agent.history]
+            history = [*self.agent.history, *new]
+        return prompt_messages(system, history, self.agent.recap_turns)
 
     def _prefix_ids(self, partial_user_text: str) -> list[int]:
         """Token ids of the prompt up to the end of ``partial_user_text`` in a new user message."""
         llm = self.agent.llm
-        rendered = llm.formatter.render([*self._context(), {"role": "user", "content": partial_user_text + _MARK}])
+        rendered = llm.formatter.render(self._context({"role": "user", "content": partial_user_text + _MARK}))
         return llm.tokenizer.encode(rendered[: rendered.index(_MARK)])
 
 

@@ -93,8 +93,8 @@ def test_talk_command(cascade_package, tmp_path):
            "--input", str(REPO / "examples" / "question.wav"), "--output", str(out), "--json"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    turn = json.loads(result.stdout)
-    assert "paris" in words(turn["reply"]) and out.is_file() and turn["latency_s"]["first_audio"] > 0
+    [turn] = json.loads(result.stdout)["turns"]
+    assert "paris" in words(turn["reply"]) and out.is_file() and turn["first_audio_after_endpoint_s"] >= 0
     import soundfile
 
     stereo_48k = tmp_path / "48k.wav"  # any rate and channel count is converted for the models
@@ -102,8 +102,35 @@ def test_talk_command(cascade_package, tmp_path):
     soundfile.write(str(stereo_48k), np.repeat(resample(question[:, 0], rate, 48000)[:, None], 2, axis=1), 48000)
     again = subprocess.run(cmd[:-5] + ["--input", str(stereo_48k), "--output", str(out), "--json"],
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "paris" in words(json.loads(again.stdout)["reply"])
+    assert again.returncode == 0 and "paris" in words(json.loads(again.stdout)["turns"][0]["reply"])
     nan = tmp_path / "nan.wav"
     soundfile.write(str(nan), np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
     bad = subprocess.run(cmd[:-5] + ["--input", str(nan), "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 1 and "NaN" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_talk_plays_a_recorded_conversation(cascade_package, tmp_path):
+    """examples/conversation.wav: two questions, a barge-in ("Wait, tell me about dogs instead.")
+    in the middle of the second answer, then a "mhm" during the third answer."""
+    out, events = tmp_path / "said.wav", tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(cascade_package.directory),
+           "--input", str(REPO / "examples" / "conversation.wav"), "--output", str(out), "--events", str(events), "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    turns = report["turns"]
+    assert len(turns) == 3 and "paris" in words(turns[0]["reply"])
+    assert "cats" in words(turns[1]["transcript"]) and "cats" in words(turns[1]["reply"]) and turns[1]["interrupted"]
+    assert "dog" in turns[2]["transcript"].lower() and not turns[2]["interrupted"]  # the "mhm" did not stop it
+    assert report["summary"]["barge_ins"] == 1 and report["summary"]["reply_gaps"] == 0
+    kinds = [json.loads(line)["kind"] for line in events.read_text().splitlines()]
+    assert "backchannel" in kinds and kinds[-1] == "session_end"
+    played, rate = read_audio(out)
+    assert len(played) / rate >= 22.0  # from the input's time 0, until the last answer ended
+
+
+def test_talk_live_without_a_sound_card_exits_with_a_clear_message(cascade_package):
+    cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(cascade_package.directory)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "device" in result.stderr

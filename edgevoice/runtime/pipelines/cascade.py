@@ -59,6 +59,7 @@ class CascadePipeline:
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         max_new_tokens: int = 64,
         seed: int = 0,
+        recap_turns: int = 0,
     ):
         manifest = package if isinstance(package, Manifest) else read_manifest(package, recipe=RECIPE)
         self.manifest = manifest
@@ -71,6 +72,7 @@ class CascadePipeline:
         self.max_new_tokens = max_new_tokens
         self.sampling = SamplingConfig(seed=seed)
         self.history: list[dict[str, str]] = []  # user/assistant messages of earlier turns
+        self.recap_turns = recap_turns
 
     def respond(self, audio: np.ndarray, sample_rate: int) -> TurnResult:
         """One turn: find the speech in ``audio``, transcribe it, answer it, speak the answer.
@@ -142,10 +144,34 @@ class CascadePipeline:
         return validate_pcm(audio, sample_rate, rate)
 
     def _messages(self, transcript: str) -> list[dict[str, str]]:
-        return [{"role": "system", "content": self.system_prompt}, *self.history, {"role": "user", "content": transcript}]
+        return prompt_messages(self.system_prompt, [*self.history, {"role": "user", "content": transcript}], self.recap_turns)
 
     def _silent_turn(self, segments: Sequence[SpeechSegment], latency: dict[str, float], note: str) -> TurnResult:
         return TurnResult("", "", np.zeros(0, np.float32), self.voice.sample_rate, tuple(segments), latency, (note,))
+
+
+def prompt_messages(system: str, history: list[dict[str, str]], recap_turns: int = 0) -> list[dict[str, str]]:
+    """The chat for the LLM: earlier exchanges recapped in the system message, the current one as chat.
+
+    The current exchange is the last user message and everything after it (the agent's words so
+    far, tool results). Small models such as SmolLM2-135M copy an earlier answer when earlier
+    turns are chat messages ("a fact about cats?" -> the capital of France again); told as a
+    recap they parrot less, but still do on the bundled conversation; hence ``recap_turns=0``
+    by default for that model (each question answered on its own, tool results and the reply
+    in progress still in the chat). Raise it for a larger model.
+    """
+    last_user = max((i for i, m in enumerate(history) if m["role"] == "user"), default=len(history))
+    earlier, current = history[:last_user], history[last_user:]
+    exchanges, question = [], None
+    for message in earlier:
+        if message["role"] == "user":
+            question = message["content"]
+        elif message["role"] == "assistant" and question is not None and message["content"].strip():
+            exchanges.append((question, message["content"]))
+            question = None
+    recap = "".join(f'\nEarlier the user asked: "{q}" and you answered: "{a}"' for q, a in exchanges[-recap_turns:]) \
+        if recap_turns > 0 else ""
+    return [{"role": "system", "content": system + ("\n" + recap if recap else "")}, *current]
 
 
 def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
