@@ -191,6 +191,12 @@ class FileIO(AudioIO):
         self._echo = None if echo_path is None else RoomEcho(echo_path)
 
     def _load(self, recording, recording_rate: int | None) -> np.ndarray:
+        from edgevoice.audio.timeline import Timeline
+
+        if isinstance(recording, Timeline):  # played as it is: it must already be at the mic rate
+            if recording.rate != self.mic_rate:
+                raise EdgevoiceError(f"the timeline is at {recording.rate} Hz; build it at the mic rate ({self.mic_rate} Hz)")
+            return recording
         if isinstance(recording, (str, Path)):
             frames, recording_rate = read_audio(recording)
         else:

@@ -88,6 +88,8 @@ class DuplexSession:
         self._tool_results_waiting = 0
         self._last_partial_at = 0.0
         self._xruns_seen = (0, 0)  # device xruns and lost mic samples already reported
+        self._input_problems_seen = (0, 0)  # non-finite and clipped mic samples already reported
+        self._clip_warned_at = -1e9  # clock time of the last clipping warning (one per 10 s at most)
         self.reply_gaps = 0  # times the speaker ran dry in the middle of a reply (synthesis fell behind)
         self._in_gap = False
         self.level = 0.0  # RMS of the last cleaned frame (the live view's meter)
@@ -311,6 +313,17 @@ class DuplexSession:
             self._emit(ev.XRUN, kind="device", device_xruns=seen[0] - self._xruns_seen[0],
                        mic_samples_lost=seen[1] - self._xruns_seen[1])
             self._xruns_seen = seen
+        nonfinite, clipped = self.io.stats.nonfinite_samples, self.io.stats.clipped_samples
+        if nonfinite > self._input_problems_seen[0]:  # silenced by the I/O; say so once per burst
+            self._emit(ev.WARNING, stage="input", problem="non-finite samples (NaN/inf) replaced by silence",
+                       samples=nonfinite - self._input_problems_seen[0])
+        now = self.io.clock.now()
+        if clipped > self._input_problems_seen[1] and now - self._clip_warned_at >= 10.0:
+            self._emit(ev.WARNING, stage="input", problem="the microphone clips: lower its input gain",
+                       samples=clipped - self._input_problems_seen[1])
+            self._clip_warned_at = now
+            self._input_problems_seen = (self._input_problems_seen[0], clipped)
+        self._input_problems_seen = (nonfinite, self._input_problems_seen[1])
 
     def _pause(self) -> None:
         """Possible interruption: stop the audio now, keep the reply to resume from where it stopped."""

@@ -287,3 +287,26 @@ def test_room_echo_window_equals_the_full_convolution():
     for start, block in got[-50:] + got[:5]:
         np.testing.assert_allclose(block, full[start : start + 160], atol=1e-4)
     assert len(echo._played) < 2 * echo._keep + 160  # bounded, not six seconds of audio
+
+
+def test_timeline_reads_like_the_array_it_describes():
+    from edgevoice.audio.timeline import Timeline
+
+    rng = np.random.default_rng(0)
+    timeline, array = Timeline(3.0, 16000), np.zeros(48000, np.float32)
+    for at, size in ((0.5, 4000), (1.0, 100), (2.9, 1600)):
+        clip = rng.normal(0, 0.3, size).astype(np.float32)
+        timeline.place(at, clip)
+        array[int(at * 16000) : int(at * 16000) + size] = clip
+    for start in range(0, 48000, 777):
+        np.testing.assert_array_equal(timeline[start : start + 1000], array[start : start + 1000])
+    with pytest.raises(EdgevoiceError, match="overlaps"):
+        timeline.place(0.6, np.zeros(100, np.float32))
+    with pytest.raises(EdgevoiceError, match="does not fit"):
+        timeline.place(2.99, np.zeros(1600, np.float32))
+    io = FileIO(timeline, mic_rate=16000)
+    with io:
+        io.clock.advance(3.0)
+    got = np.zeros(48000, np.float32)
+    assert io.mic.read_into(got) == 48000
+    np.testing.assert_array_equal(got, array)

@@ -113,3 +113,19 @@ def test_bad_tools_fail_at_registration(agent):
 
     with pytest.raises(EdgevoiceError, match="already registered"):
         agent.tool(name="clock_time")(lambda: None)
+
+
+def test_a_device_failing_mid_stream_ends_the_conversation_with_its_error(agent):
+    io = AppAudioIO(input_rate=16000, output_rate=16000)
+    ends = []
+    agent.on(ev.SESSION_END, ends.append)
+    agent.start(io)
+    for _ in range(10):
+        io.write_mic(np.zeros(320, np.float32))
+        io.read_speaker(320)
+    io.error = EdgevoiceError("the audio device disappeared (unplugged?)")
+    io.write_mic(np.zeros(320, np.float32))  # wakes the listen loop, which finds the error
+    with pytest.raises(EdgevoiceError, match="disappeared"):
+        agent.wait(timeout=10)
+    agent.stop()
+    assert ends and "disappeared" in ends[-1].data["error"]

@@ -152,3 +152,16 @@ def test_without_think_while_listening_the_answer_starts_at_the_endpoint(cascade
     assert not transcript.data["speculative"] and transcript.time >= end.time
     assert not session.events.history(ev.PARTIAL_TRANSCRIPT)
     assert "Paris" in texts(session, ev.REPLY_TEXT)[0]
+
+
+def test_nan_and_clipped_input_are_recovered_and_reported(cascade_package):
+    q1 = espeak("What is the capital of France?")
+    broken = silence(1.0)
+    broken[100:400] = np.nan  # a driver glitch
+    loud = np.clip(q1 * 8.0, -1.0, 1.0)  # the gain far too high
+    session, io = converse(cascade_package, [broken, loud, silence(1.0)])
+    problems = [e.data["problem"] for e in session.events.history(ev.WARNING)]
+    assert any("NaN" in p for p in problems) and any("clips" in p for p in problems)
+    summary = session.summary()
+    assert summary["nonfinite_samples"] == 300 and summary["clipped_samples"] > 0
+    assert "capital" in texts(session, ev.TRANSCRIPT)[0]  # the conversation went on (clipped speech is harder to hear)
