@@ -30,5 +30,7 @@ def test_one_hour_conversation_has_bounded_memory_and_no_lost_audio(cascade_pack
         assert summary[counter] == 0, counter
     assert not result["warnings"]
     rss = dict(result["rss_mb_by_minute"])
-    settled = [mb for minute, mb in rss.items() if minute >= 11]  # after the first turns sized the engines' arenas
-    assert max(settled) - min(settled) < 64, rss  # flat for the last 50 minutes: nothing grows per turn
+    # onnxruntime's arenas grow until every input shape of the three questions' turns has been
+    # seen (measured: two rounds of the three, by minute ~31); after that nothing may grow.
+    settled = [mb for minute, mb in rss.items() if minute >= 36]
+    assert len(settled) >= 4 and max(settled) - min(settled) < 32, rss
