@@ -13,6 +13,8 @@ from edgevoice.errors import EdgevoiceError
 RECIPES = {
     "cascade": "edgevoice.recipes.cascade",
     "silero-vad": "edgevoice.recipes.silero_vad",
+    "freeze-omni": "edgevoice.recipes.freeze_omni",
+    "tiny": "edgevoice.recipes.tiny",
 }
 
 
