@@ -11,7 +11,6 @@ Graphs, in the order the host drives them:
     fo_frontend     audio chunk (B, 2560) at 16 kHz -> CMVN'd fbank                 state: sample/frame rings
     fo_encoder      fbank -> 4 encoder frames                                       state: K/V windows, pe_index
     fo_adapter      encoder frames -> 2 LLM embedding rows                          state: conv cache
-    fo_embed        token ids (B, T) -> LLM embedding rows (B, T, hidden)           no state
     fo_llm_listen   embedding rows (B, T, hidden) + position -> logits, hidden (last row),
                     state_logits, state_probs                                       state: LLM KV cache
     speech_prefix   LLM hidden rows of a segment -> prefix region of the decoder cache
@@ -19,10 +18,12 @@ Graphs, in the order the host drives them:
     speech_token    one codec token -> logits of the next                          }
     codec           window of codec tokens -> 24 kHz PCM
 
-Ids go through ``fo_embed`` and then ``fo_llm_listen`` (system prompt, response prefix, each reply
-token): the package holds one copy of the LLM. Separate id-fed LLM graphs would each carry their
-own copy of every weight (engines do not share weights), which for Qwen2-7B at fp16 is 14 GB more
-per graph. The turn-state outputs of steps that do not listen are simply not read.
+Token ids never enter a graph: the host gathers their rows from ``fo_embed_tokens.npy`` (the LLM's
+input table, float32, memory-mapped) and feeds them to ``fo_llm_listen`` -- the system prompt, the
+turn and response prefixes, every reply token -- and, reshaped to the decoder width, to
+``speech_text``. So the package holds one copy of the LLM: id-fed prefill/decode graphs would each
+carry their own copy of every weight (engines do not share weights), 14 GB more per graph for
+Qwen2-7B at fp16. The turn-state outputs of steps that do not listen are simply not read.
 
 Manifest ``config`` keys (all the run-time glue needs, numpy only):
 
@@ -36,7 +37,8 @@ Manifest ``config`` keys (all the run-time glue needs, numpy only):
                          prompt rows at the start of each user turn), response_prefix_ids (fed when
                          the head says respond), embeddings_file (.npy, (rows, hidden) float32), rows
     llm                  hidden, vocab_size, max_context (KV rows), prefill_max_tokens (most rows
-                         per fo_llm_listen / fo_embed call)
+                         per fo_llm_listen call), embed_tokens (the table file above; also the
+                         fo_llm_listen stream fact ``embed_tokens``)
     turn_state           threshold (0.5), classes ["cl", "ss", "el"] (index of state_probs),
                          head_outputs (4: the 4th logit is never decided on)
     speech               width, rows_per_hidden (LLM vector -> this many decoder rows), odim, bos_id,
@@ -53,12 +55,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
 from edgevoice.errors import EdgevoiceError
 from edgevoice.models.fo_codec import FoCodecConfig, FoCodecDecoder
@@ -72,15 +75,15 @@ from edgevoice.recipes.llm import TOKENIZER_FILE
 from edgevoice.recipes.fo_speech import PUBLISHED_SPEECH, TINY_SPEECH, SpeechDims, random_speech, speech_components
 from edgevoice.runtime.speech_tokens import CodecStreamConfig
 from edgevoice.runtime.turn_state import DISMISS, KEEP_LISTENING, RESPOND, THRESHOLD
-from edgevoice.streaming import InputSpec, StateSpec, StreamingModule
 from edgevoice.weights.freeze_omni_audiollm import FoListen, load_listen
 from edgevoice.weights.freeze_omni_speech import FoSpeech, load_speech
 
-PIPELINE = ("fo_frontend", "fo_encoder", "fo_adapter", "fo_embed", "fo_llm_listen",
+PIPELINE = ("fo_frontend", "fo_encoder", "fo_adapter", "fo_llm_listen",
             "speech_prefix", "speech_text", "speech_token", "codec")
 SYSTEM_ROLE = "You are a helpful assistant."  # the reference's default system role
 REFERENCE_TOP_K = 2  # the reference samples speech tokens from the 2 most likely
-_UNUSED_ID_GRAPHS = ("fo_llm_prefill", "fo_llm_decode")  # replaced by fo_embed -> fo_llm_listen
+EMBED_FILE = "fo_embed_tokens.npy"  # the LLM's token embedding table (vocab, hidden) float32, host data
+_UNUSED_ID_GRAPHS = ("fo_llm_prefill", "fo_llm_decode")  # ids go through the table into fo_llm_listen
 
 
 @dataclass(frozen=True)
@@ -147,15 +150,12 @@ def _listen_part(listen: FoListen, license: str) -> list[RecipeComponent]:
     for i, component in enumerate(components):
         if component.name == "fo_llm_listen":
             step = ListenLlmStep(_without_input_table(listen.llm), listen.state_head)
-            components[i] = replace(component, module=step)
-    llm = listen.llm.config
-    most = llm.prefill_max_tokens
-    embed = RecipeComponent(
-        "fo_embed", TokenEmbedding(listen.llm.model.embed_tokens, most),
-        {"hidden": llm.hidden, "vocab_size": llm.vocab_size, "max_tokens": most}, license,
-        parity_feeds=lambda: _embed_feeds(listen),
-    )
-    return components + [embed]
+            files, stream = dict(component.files), {**component.stream, "embed_tokens": EMBED_FILE}
+            table = listen.llm.model.embed_tokens.weight
+            if not table.is_meta:  # meta shapes plan a package; they never write one
+                files[EMBED_FILE] = _write_embed_table(table)
+            components[i] = replace(component, module=step, files=files, stream=stream)
+    return components
 
 
 def _without_input_table(llm: LlmModel) -> LlmModel:
@@ -174,39 +174,22 @@ def _without_input_table(llm: LlmModel) -> LlmModel:
     return view
 
 
-class TokenEmbedding(StreamingModule):
-    """The LLM's input table as a graph: token ids (B, T) -> embedding rows (B, T, hidden) float32."""
+def _write_embed_table(table: torch.Tensor) -> Path:
+    """The token embedding table as float32 .npy in a per-user temp folder, named by content.
 
-    def __init__(self, table: nn.Embedding, max_tokens: int):
-        super().__init__()
-        self.table = table
-        self.max_tokens = max_tokens
-
-    def state_specs(self) -> tuple[StateSpec, ...]:
-        return ()
-
-    def input_specs(self) -> tuple[InputSpec, ...]:
-        return (InputSpec("input_ids", ("batch", "tokens"), torch.int64),)
-
-    def output_names(self) -> tuple[str, ...]:
-        return ("embeds",)
-
-    def dim_ranges(self) -> dict[str, tuple[int, int, int]]:
-        return {"tokens": (1, min(16, self.max_tokens), self.max_tokens)}
-
-    def step(self, input_ids: torch.Tensor) -> tuple[torch.Tensor]:  # type: ignore[override]
-        return (self.table(input_ids).float(),)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.step(input_ids)[0]
-
-
-def _embed_feeds(listen: FoListen) -> list[dict]:
-    """Two steps of one length (the verifier stacks steps): the turn prefix, then its reverse."""
-    import numpy as np
-
-    ids = np.asarray([listen.prompt.turn_prefix_ids], dtype=np.int64)
-    return [{"input_ids": ids}, {"input_ids": ids[:, ::-1].copy()}]
+    float32 whatever the package precision: the host memory-maps it and gathers a few rows per
+    reply, so its size costs disk, not memory, and fp16 would round the text rows the speech
+    decoder reads.
+    """
+    array = np.ascontiguousarray(table.detach().float().cpu().numpy())
+    folder = Path(tempfile.gettempdir()) / "edgevoice-fo"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"embed-{hashlib.sha256(array.tobytes()).hexdigest()[:16]}.npy"
+    if not path.is_file():
+        partial = path.with_suffix(".partial.npy")
+        np.save(partial, array)
+        partial.replace(path)  # atomic: a concurrent export never copies half a file
+    return path
 
 
 # --- config ----------------------------------------------------------------------------------
@@ -230,7 +213,7 @@ def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int) -> 
             "embeddings_file": fo_listen.PROMPT_FILE, "rows": int(listen.prompt_embeddings.shape[0]),
         },
         "llm": {"hidden": llm.hidden, "vocab_size": llm.vocab_size, "max_context": llm.max_context,
-                "prefill_max_tokens": llm.prefill_max_tokens},
+                "prefill_max_tokens": llm.prefill_max_tokens, "embed_tokens": EMBED_FILE},
         "turn_state": {"threshold": THRESHOLD, "classes": [KEEP_LISTENING, RESPOND, DISMISS],
                        "head_outputs": int(listen.state_head.linear.out_features)},
         "speech": {"width": decoder.width, "rows_per_hidden": rows_per_hidden, "odim": decoder.odim,
