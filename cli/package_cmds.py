@@ -16,13 +16,15 @@ console = Console()
 
 
 def export(
-    model: str = typer.Option("silero-vad", help="Model recipe to export (silero-vad)."),
+    model: str = typer.Option("silero-vad", help="Model recipe to export: cascade, silero-vad, freeze-omni, tiny."),
     target: str = typer.Option("cpu", help="Target profile from hw/ (e.g. cpu, jetson-orin, rtx-4090)."),
     out: Path = typer.Option(..., help="Directory to write the engine package to."),
     precision: str = typer.Option(None, help="fp32 (default, exact) or fp16 (GPU targets)."),
     verify: bool = typer.Option(False, help="Check torch vs onnxruntime parity and the upstream model."),
     force: bool = typer.Option(False, help="Export again even if OUT already holds an up-to-date package."),
     voice: str = typer.Option(None, help="Cascade voice: joe (Piper, default) or kokoro (Kokoro-82M, Apache-2.0)."),
+    weights: Path = typer.Option(None, help="freeze-omni: Freeze-Omni's checkpoints/ folder (audiollm, decoder, codec)."),
+    llm: Path = typer.Option(None, help="freeze-omni: the Qwen2 directory it was trained on (config.json, safetensors, tokenizer)."),
 ) -> None:
     """Export MODEL's components to ONNX and write an engine package for TARGET."""
     from edgevoice.export import export_package
@@ -31,9 +33,12 @@ def export(
         task = progress.add_task("starting", total=None)
         manifest = export_package(
             model=model, target=target, out=out, precision=precision, verify=verify, force=force, voice=voice,
-            progress=lambda stage: progress.update(task, description=stage),
+            weights=weights, llm=llm, progress=lambda stage: progress.update(task, description=stage),
         )
     console.print(component_table(manifest))
+    budget = manifest.config.get("memory_budget")
+    if budget is not None:
+        console.print(budget_table(budget))
     upstream = manifest.config.get("upstream_max_abs_error")
     if upstream is not None:
         console.print(f"torch port vs upstream {manifest.recipe}: max abs error {upstream:.1e}")
@@ -69,6 +74,19 @@ def component_table(manifest: Manifest) -> Table:
     for c in manifest.components.values():
         size = sum(manifest.files[name]["bytes"] for name in (c.onnx, *c.files))
         table.add_row(c.name, f"{size / 1e6:.1f} MB", c.precision, _parity(c), _checks(c), _engine(c))
+    return table
+
+
+def budget_table(budget: dict) -> Table:
+    """The export's memory budget: per graph weights and state, then workspace and runtime, then the verdict."""
+    from edgevoice.export.budget import budget_lines, format_bytes
+
+    table = Table("memory", "weights", "state (1 session)", title=f"memory budget on {budget['target']} at {budget['precision']}")
+    for row in budget_lines(budget):
+        table.add_row(*row)
+    verdict = "fits" if budget["fits"] else "does not fit"
+    table.add_row(f"[bold]needed / available[/] ({verdict})",
+                  f"{format_bytes(budget['needed_bytes'])} / {format_bytes(budget['available_bytes'])}", "")
     return table
 
 

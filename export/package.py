@@ -15,6 +15,7 @@ from typing import Callable
 
 from edgevoice import __version__
 from edgevoice.errors import EdgevoiceError
+from edgevoice.export.budget import check_memory
 from edgevoice.export.build_script import write_build_script
 from edgevoice.export.to_onnx import export_onnx, with_precision
 from edgevoice.export.trt_check import check_trt_compatibility
@@ -38,6 +39,8 @@ def export_package(
     force: bool = False,
     voice: str | None = None,
     progress: Progress | None = None,
+    weights: str | Path | None = None,
+    llm: str | Path | None = None,
 ) -> Manifest:
     """Export ``model`` for ``target`` into the directory ``out`` and return its verified manifest.
 
@@ -49,7 +52,12 @@ def export_package(
     A package already in ``out`` for the same model, target and precision, made by this edgevoice
     version, that verifies (and was verified, if ``verify``) is kept as it is unless ``force``:
     exporting the cascade takes minutes. ``voice`` picks the cascade's voice ("joe" by default,
-    "kokoro" for the Apache-2.0 alternative).
+    "kokoro" for the Apache-2.0 alternative). ``weights`` (Freeze-Omni's checkpoints/ folder) and
+    ``llm`` (its Qwen2 directory) are the freeze-omni recipe's inputs; they are converted here.
+
+    Recipes made only of torch components get a memory budget against the target
+    (``edgevoice.export.budget``), recorded as ``config["memory_budget"]``; a recipe that does not
+    fit is refused before any graph is written, naming a precision or targets that would fit.
     """
     say = progress or (lambda _: None)
     profile = load_target(target)
@@ -57,14 +65,19 @@ def export_package(
     if precision not in ("fp32", "fp16"):
         raise EdgevoiceError(f"precision '{precision}' cannot be exported yet; choose fp32 or fp16")
     check_precision(profile, precision)
-    options = _recipe_options(model, voice)
+    options = _recipe_options(model, voice, weights, llm)
     out = _prepare_out_dir(Path(out))
     existing = None if force else _up_to_date(out, model, profile, precision, verify, options)
     if existing is not None:
         say("the package is up to date")
         return existing
+    _check_llm_memory(model, options, profile, precision, say)
     say(f"loading {model} weights")
     recipe = load_recipe(model, **options)
+    if not recipe.imported:  # imported graphs are not torch modules: a partial count would mislead
+        say("checking the memory budget")
+        budget = check_memory(recipe.components, profile, precision, recipe.name)
+        recipe.config["memory_budget"] = budget.to_dict()
     command = _export_command(model, target, out, precision, verify, options)
     components = {}
     for component in recipe.components:
@@ -159,15 +172,43 @@ def _check_upstream(recipe: Recipe, say: Progress) -> None:
     recipe.config["upstream_max_abs_error"] = error
 
 
-def _recipe_options(model: str, voice: str | None) -> dict:
+def _recipe_options(model: str, voice: str | None, weights: str | Path | None = None,
+                    llm: str | Path | None = None) -> dict:
+    options = _weight_options(model, weights, llm)
     if voice is None:
-        return {}
+        return options
     if model != "cascade":
         raise EdgevoiceError(f"--voice applies to the cascade, not to '{model}'")
     from edgevoice.recipes.voices import voice_choice
 
     voice_choice(voice)  # unknown voice: fail before any work
-    return {"voice": voice}
+    return {**options, "voice": voice}
+
+
+def _weight_options(model: str, weights: str | Path | None, llm: str | Path | None) -> dict:
+    """--weights/--llm: the freeze-omni recipe's folders, checked before any work."""
+    if model != "freeze-omni":
+        if weights is not None or llm is not None:
+            raise EdgevoiceError(f"--weights and --llm apply to freeze-omni, not to '{model}'")
+        return {}
+    if weights is None or llm is None:
+        raise EdgevoiceError("freeze-omni needs --weights CHECKPOINTS_DIR (Freeze-Omni's checkpoints/) and "
+                             "--llm QWEN_DIR (its Qwen2 directory); export --model tiny needs neither")
+    for flag, folder in (("--weights", weights), ("--llm", llm)):
+        if not Path(folder).is_dir():
+            raise EdgevoiceError(f"{flag} {folder} is not a directory; pass "
+                                 + ("Freeze-Omni's checkpoints/ folder" if flag == "--weights" else "the Qwen2 directory"))
+    return {"weights": str(Path(weights).resolve()), "llm": str(Path(llm).resolve())}
+
+
+def _check_llm_memory(model: str, options: dict, profile: TargetProfile, precision: str, say: Progress) -> None:
+    """Refuse a target the LLM alone cannot fit before reading gigabytes of weights."""
+    if model != "freeze-omni":
+        return
+    from edgevoice.recipes.freeze_omni import llm_shapes
+
+    say("checking the LLM's memory budget")
+    check_memory(llm_shapes(options["llm"]), profile, precision, f"freeze-omni's LLM alone ({options['llm']})")
 
 
 def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, verify: bool, options: dict) -> Manifest | None:
@@ -188,9 +229,19 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
         and all(c.precision == precision or c.precision == "fp32" for c in manifest.components.values())
         and any(c.precision == precision for c in manifest.components.values())
         and all(manifest.config.get(k, "joe" if k == "voice" else None) == v for k, v in options.items())
+        and _same_weight_files(manifest, options)
     )
     verified = all(c.parity for c in manifest.components.values()) or not verify
     return manifest if same and verified else None
+
+
+def _same_weight_files(manifest: Manifest, options: dict) -> bool:
+    """Whether the weight folders' files are those the package was made from (names, sizes, times)."""
+    if "weights" not in options:
+        return True
+    from edgevoice.recipes.freeze_omni import weights_stamp
+
+    return manifest.config.get("weights_stamp") == weights_stamp(options["weights"], options["llm"])
 
 
 def _prepare_out_dir(out: Path) -> Path:

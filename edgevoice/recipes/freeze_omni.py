@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -66,7 +67,7 @@ import torch
 from edgevoice.errors import EdgevoiceError
 from edgevoice.models.fo_codec import FoCodecConfig, FoCodecDecoder
 from edgevoice.models.fo_speech_decoder import FoSpeechDecoder, FoSpeechDecoderConfig
-from edgevoice.models.fo_state_head import ListenLlmStep
+from edgevoice.models.fo_state_head import ListenLlmStep, StateHead
 from edgevoice.models.llm import LlmModel
 from edgevoice.recipes import fo_listen, fo_speech
 from edgevoice.recipes.base import Recipe, RecipeComponent
@@ -77,6 +78,7 @@ from edgevoice.runtime.speech_tokens import CodecStreamConfig
 from edgevoice.runtime.turn_state import DISMISS, KEEP_LISTENING, RESPOND, THRESHOLD
 from edgevoice.weights.freeze_omni_audiollm import FoListen, load_listen
 from edgevoice.weights.freeze_omni_speech import FoSpeech, load_speech
+from edgevoice.weights.hf_llama import llm_config_from_hf
 
 PIPELINE = ("fo_frontend", "fo_encoder", "fo_adapter", "fo_llm_listen",
             "speech_prefix", "speech_text", "speech_token", "codec")
@@ -190,6 +192,27 @@ def _write_embed_table(table: torch.Tensor) -> Path:
         np.save(partial, array)
         partial.replace(path)  # atomic: a concurrent export never copies half a file
     return path
+
+
+def llm_shapes(llm_dir: str | Path, max_context: int = 2048) -> list[RecipeComponent]:
+    """fo_llm_listen at the shapes of the LLM in ``llm_dir``, from its config.json alone (meta tensors).
+
+    The LLM is nearly all of Freeze-Omni's memory, so export checks this lower bound of the budget
+    before reading any weights: a 7B model meant for an 8 GB Jetson is refused in a second, not
+    after loading 15 GB.
+    """
+    path = Path(llm_dir) / "config.json"
+    if not path.is_file():
+        raise EdgevoiceError(f"{llm_dir} has no config.json; pass --llm the Qwen2 directory Freeze-Omni was trained on")
+    try:
+        hf_config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgevoiceError(f"{path} is not valid JSON ({exc.msg}); restore the model's config.json") from exc
+    config = llm_config_from_hf(hf_config, max_context=max_context)
+    with torch.device("meta"):
+        llm, head = LlmModel(config), StateHead(config.hidden)
+    step = ListenLlmStep(_without_input_table(llm), head)
+    return [RecipeComponent("fo_llm_listen", step, {"hidden": config.hidden}, fo_listen.LICENSE)]
 
 
 # --- config ----------------------------------------------------------------------------------
