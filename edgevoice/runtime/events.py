@@ -31,6 +31,14 @@ TOOL_ERROR = "tool_error"
 XRUN = "xrun"
 WARNING = "warning"
 SESSION_END = "session_end"  # the conversation ended; data is the session's summary
+# Freeze-Omni: the turn-state head's verdict per listened chunk, a dismissed turn, and the stages
+# of the paper's latency breakdown (respond decision -> first text token -> speech-decoder prefill
+# done -> first speech token -> first decoded speech chunk -> first audio out).
+TURN_STATE = "turn_state"
+DISMISSED = "dismissed"
+SPEECH_PREFILL = "speech_prefill"
+FIRST_SPEECH_TOKEN = "first_speech_token"
+FIRST_SPEECH_CHUNK = "first_speech_chunk"
 
 
 @dataclass(frozen=True)
@@ -102,4 +110,19 @@ def turn_latencies(events: list[Event]) -> dict[int, dict[str, float]]:
     for event in events:
         if event.kind in marks and event.turn in ends:
             result.setdefault(event.turn, {}).setdefault(event.kind, event.time - ends[event.turn])
+    return result
+
+
+RESPOND_STAGES = (FIRST_TOKEN, SPEECH_PREFILL, FIRST_SPEECH_TOKEN, FIRST_SPEECH_CHUNK, FIRST_AUDIO)
+
+
+def respond_breakdown(events: list[Event]) -> dict[int, dict[str, float]]:
+    """Per turn: wall seconds from the respond decision to each stage of ``RESPOND_STAGES``.
+
+    Each stage event carries ``since_decision_s``; the first of each kind per turn counts.
+    """
+    result: dict[int, dict[str, float]] = {}
+    for event in events:
+        if event.kind in RESPOND_STAGES and "since_decision_s" in event.data:
+            result.setdefault(event.turn, {}).setdefault(event.kind, float(event.data["since_decision_s"]))
     return result
