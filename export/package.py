@@ -25,6 +25,7 @@ from edgevoice.recipes.base import Recipe
 from edgevoice.targets import TargetProfile, check_precision, load_target
 
 JETPACK6_TRT = "10.3"  # every graph must parse on JetPack 6's TensorRT
+_WEIGHT_OPTIONS = ("weights", "llm")  # freeze-omni's folders: compared with their stamp, not as config values
 
 # (stage description) -> None; the CLI turns these into a progress display.
 Progress = Callable[[str], None]
@@ -228,7 +229,8 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
         and manifest.edgevoice_version == __version__
         and all(c.precision == precision or c.precision == "fp32" for c in manifest.components.values())
         and any(c.precision == precision for c in manifest.components.values())
-        and all(manifest.config.get(k, "joe" if k == "voice" else None) == v for k, v in options.items())
+        and all(manifest.config.get(k, "joe" if k == "voice" else None) == v
+                for k, v in options.items() if k not in _WEIGHT_OPTIONS)
         and _same_weight_files(manifest, options)
     )
     verified = all(c.parity for c in manifest.components.values()) or not verify
@@ -236,12 +238,14 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
 
 
 def _same_weight_files(manifest: Manifest, options: dict) -> bool:
-    """Whether the weight folders' files are those the package was made from (names, sizes, times)."""
+    """Whether the package was made from these weight folders, whose files are unchanged (names, sizes, times)."""
     if "weights" not in options:
         return True
     from edgevoice.recipes.freeze_omni import weights_stamp
 
-    return manifest.config.get("weights_stamp") == weights_stamp(options["weights"], options["llm"])
+    made_from = manifest.config.get("checkpoint", {})
+    return (made_from.get("weights"), made_from.get("llm")) == (options["weights"], options["llm"]) and (
+        made_from.get("stamp") == weights_stamp(options["weights"], options["llm"]))
 
 
 def _prepare_out_dir(out: Path) -> Path:

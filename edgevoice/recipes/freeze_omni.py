@@ -47,7 +47,7 @@ Manifest ``config`` keys (all the run-time glue needs, numpy only):
     codec                sample_rate, hop, max_tokens, global_tokens,
                          fifo {hop, chunk, padding, first_chunk, quiet_window, quiet_threshold}
     licenses, source     weights' licenses and where they came from
-    weights, llm, weights_stamp   (freeze-omni only) the folders exported and a stamp of their files
+    checkpoint           (freeze-omni only) weights, llm: the folders exported; stamp: of their files
     memory_budget        added by export: the budget printed at export (edgevoice.export.budget)
 """
 
@@ -76,7 +76,7 @@ from edgevoice.recipes.llm import TOKENIZER_FILE
 from edgevoice.recipes.fo_speech import PUBLISHED_SPEECH, TINY_SPEECH, SpeechDims, random_speech, speech_components
 from edgevoice.runtime.speech_tokens import CodecStreamConfig
 from edgevoice.runtime.turn_state import DISMISS, KEEP_LISTENING, RESPOND, THRESHOLD
-from edgevoice.weights.freeze_omni_audiollm import FoListen, load_listen
+from edgevoice.weights.freeze_omni_audiollm import SYSTEM_PREFIX, FoListen, load_listen
 from edgevoice.weights.freeze_omni_speech import FoSpeech, load_speech
 from edgevoice.weights.hf_llama import llm_config_from_hf
 
@@ -123,9 +123,9 @@ def recipe(weights: str | Path | None = None, llm: str | Path | None = None, max
     listen = load_listen(weights, llm, max_context=max_context)
     speech = load_speech(weights, **asdict(limits))
     license = f"{fo_listen.LICENSE}. {fo_speech.LICENSE}"
-    config = {"weights": str(Path(weights).resolve()), "llm": str(Path(llm).resolve()),
-              "weights_stamp": weights_stamp(weights, llm)}
-    return assemble("freeze-omni", listen, speech, license, extra_config=config)
+    checkpoint = {"weights": str(Path(weights).resolve()), "llm": str(Path(llm).resolve()),
+                  "stamp": weights_stamp(weights, llm)}
+    return assemble("freeze-omni", listen, speech, license, extra_config={"checkpoint": checkpoint})
 
 
 def assemble(name: str, listen: FoListen, speech: FoSpeech, license: str,
@@ -231,7 +231,7 @@ def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int) -> 
         "tokenizer": TOKENIZER_FILE if listen.tokenizer_json is not None else None,
         "prompt": {
             "eod_id": prompt.eod_id, "system_prefix_ids": list(prompt.system_prefix_ids), "system_role": SYSTEM_ROLE,
-            "system_prompt_ids": list(prompt.system_prefix_ids) + _role_ids(listen),
+            "system_prompt_ids": _system_prompt_ids(listen),
             "turn_prefix_ids": list(prompt.turn_prefix_ids), "response_prefix_ids": list(prompt.response_prefix_ids),
             "embeddings_file": fo_listen.PROMPT_FILE, "rows": int(listen.prompt_embeddings.shape[0]),
         },
@@ -249,13 +249,13 @@ def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int) -> 
     }
 
 
-def _role_ids(listen: FoListen) -> list[int]:
-    """The system role's ids, so the host needs no tokenizer for the default prompt."""
+def _system_prompt_ids(listen: FoListen) -> list[int]:
+    """System prefix + default role as the reference tokenizes it (one string), so the host needs no tokenizer."""
     if listen.tokenizer_json is None:
-        return []
+        return list(listen.prompt.system_prefix_ids)
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(listen.tokenizer_json).encode(SYSTEM_ROLE, add_special_tokens=False).ids
+    return Tokenizer.from_str(listen.tokenizer_json).encode(SYSTEM_PREFIX + SYSTEM_ROLE, add_special_tokens=False).ids
 
 
 def weights_stamp(*folders: str | Path) -> str:
