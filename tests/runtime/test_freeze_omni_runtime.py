@@ -100,7 +100,8 @@ def turn_start_position(session, committed: int) -> int:
 
 
 def test_real_head_drives_the_policy_on_the_real_engines(package):
-    parts = [silence(0.48), noise(1.6, 1), silence(2.4), noise(1.6, 2), silence(2.4)]
+    floor = lambda seconds, seed: noise(seconds, seed, level=0.003)  # noqa: E731 - a room's noise, under the gate
+    parts = [floor(0.48, 10), noise(1.6, 1), floor(2.4, 11), noise(1.6, 2), floor(2.4, 12)]
     session, _ = converse(package, parts)  # no script: the head's own verdicts decide
     states = session.events.history(ev.TURN_STATE)
     assert len(session.events.history(ev.USER_SPEECH_START)) == 2  # both bursts opened the gate
@@ -109,6 +110,8 @@ def test_real_head_drives_the_policy_on_the_real_engines(package):
         chunks = [e.data["chunk"] for e in states if e.turn == turn]
         assert chunks == list(range(chunks[0], chunks[0] + len(chunks)))  # every chunk, in order
         assert [e.data["turn_start"] for e in states if e.turn == turn] == [True] + [False] * (len(chunks) - 1)
+    for event in states:  # inline, each verdict arrives in the step of its own chunk
+        assert event.data["chunk"] == round(event.time / CHUNK_S) - 1
     onset = first(session, ev.USER_SPEECH_START, 1)
     assert 0.48 <= onset.time <= 0.48 + 2 * CHUNK_S
     committed = session.pipeline.conversation.position  # nothing was answered: still the system prompt
