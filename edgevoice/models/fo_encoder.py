@@ -84,8 +84,10 @@ def sinusoids(positions: torch.Tensor, d_model: int) -> torch.Tensor:
 
     Same float32 products as the reference's table (position * exp(-2i ln(10000) / d)).
     """
-    div = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * -(math.log(10000.0) / d_model))
-    angles = positions.float().unsqueeze(-1) * div.to(positions.device)  # (..., d / 2)
+    # Made on the positions' device: a host-to-device copy inside a step cannot be captured in a CUDA graph.
+    steps = torch.arange(0, d_model, 2, dtype=torch.float32, device=positions.device)
+    div = torch.exp(steps * -(math.log(10000.0) / d_model))
+    angles = positions.float().unsqueeze(-1) * div  # (..., d / 2)
     return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
