@@ -19,7 +19,7 @@ On the lent GPU machine (a copy of the working tree; torch with CUDA, onnxruntim
 repository root:
 
     python3 -m pip install -q --no-deps --no-build-isolation -e . ; \\
-    timeout 400 python3 benchmarks/fo_gpu_bench.py --device cuda --dims full --out $OUT/fo_gpu_bench.json
+    timeout 300 python3 benchmarks/fo_gpu_bench.py --device cuda --dims full --out $OUT/fo_gpu_bench.json
 
 Without the editable install everything still imports from the checkout (the exporter is then
 loaded from export/to_onnx.py by path); without onnx or onnxscript the parity section (or each
