@@ -19,7 +19,7 @@ from edgevoice.errors import EdgevoiceError
 
 
 def talk(
-    package: Path = typer.Option(..., help="Engine package exported with --model cascade."),
+    package: Path = typer.Option(..., help="Engine package exported with --model cascade (or freeze-omni / tiny)."),
     input: Path = typer.Option(None, help="A recording of the user (any rate/channels); without it, the microphone."),
     output: Path = typer.Option(None, help="File mode: where to write what the agent said (WAV, aligned with --input)."),
     events: Path = typer.Option(None, help="Write every event as a JSON line to this file."),
@@ -38,7 +38,6 @@ def talk(
 ) -> None:
     """Talk with the agent: live on the sound devices, or through a recorded conversation (--input/--output)."""
     from edgevoice.runtime.agent import Agent
-    from edgevoice.runtime.pipelines.cascade import DEFAULT_SYSTEM_PROMPT
     from edgevoice.runtime.session import SessionOptions
 
     if (input is None) != (output is None):
@@ -50,7 +49,7 @@ def talk(
     if echo_cancellation is None:
         echo_cancellation = input is None
     options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening)
-    agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT,
+    agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
                   max_new_tokens=max_new_tokens, seed=seed, options=options)
     event_file = _open_events(events)
     if event_file is not None:
@@ -73,7 +72,7 @@ def _from_file(agent, input: Path, output: Path, json_output: bool) -> None:
 
     samples, rate = read_audio(input)
     validate_pcm(mixdown(samples), rate, rate)  # a recording with NaN/inf is refused, not silently repaired
-    io = FileIO(input, mic_rate=agent.pipeline.vad.sample_rate, speaker_rate=agent.pipeline.voice.sample_rate)
+    io = FileIO(input, mic_rate=agent.mic_rate, speaker_rate=agent.speaker_rate)
     session = agent.run(io)
     _write_played(io, output)
     turns = conversation_turns(session.events.history())

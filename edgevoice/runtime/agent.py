@@ -27,21 +27,37 @@ from typing import Any, AsyncIterator, Callable
 
 from edgevoice.audio.io import AudioIO, FileIO
 from edgevoice.errors import EdgevoiceError
+from edgevoice.manifest import read_manifest
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
 from edgevoice.runtime.pipelines.cascade import DEFAULT_SYSTEM_PROMPT, CascadePipeline
 from edgevoice.runtime.session import DuplexSession, SessionOptions
 from edgevoice.runtime.tools import Tool, ToolRunner
 
+FREEZE_OMNI_RECIPES = ("freeze-omni", "tiny")  # packages whose glue is runtime/pipelines/freeze_omni.py
+
 
 class Agent:
     """Load a package once; register tools and subscribers; start/stop conversations on any audio I/O."""
 
     def __init__(self, package: str | Path, *, backend: str = "ort", device: str = "cpu",
-                 system_prompt: str = DEFAULT_SYSTEM_PROMPT, max_new_tokens: int = 64, seed: int = 0,
+                 system_prompt: str | None = None, max_new_tokens: int = 64, seed: int = 0,
                  options: SessionOptions = SessionOptions()):
-        self.pipeline = CascadePipeline(package, backend=backend, device=device, system_prompt=system_prompt,
-                                        max_new_tokens=max_new_tokens, seed=seed)
+        manifest = read_manifest(package)
+        self.recipe = manifest.recipe
+        if self.recipe == "cascade":
+            self.pipeline = CascadePipeline(manifest, backend=backend, device=device, max_new_tokens=max_new_tokens,
+                                            system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT, seed=seed)
+            self.mic_rate, self.speaker_rate = self.pipeline.vad.sample_rate, self.pipeline.voice.sample_rate
+        elif self.recipe in FREEZE_OMNI_RECIPES:
+            from edgevoice.runtime.pipelines.freeze_omni import FreezeOmniPipeline
+
+            self.pipeline = FreezeOmniPipeline(manifest, backend=backend, device=device, system_prompt=system_prompt,
+                                               max_new_tokens=max_new_tokens)
+            self.mic_rate, self.speaker_rate = self.pipeline.sample_rate, self.pipeline.output_rate
+        else:
+            raise EdgevoiceError(f"{manifest.directory} holds recipe '{self.recipe}'; an agent runs cascade, "
+                                 f"freeze-omni or tiny packages (`edgevoice export --model cascade --out DIR`)")
         self.options = options
         self.bus = EventBus()
         self._tools: list[Tool] = []
@@ -84,8 +100,7 @@ class Agent:
         classes = {"sounddevice": SoundDeviceIO, "pyaudio": PyAudioIO}
         if backend not in classes:
             raise EdgevoiceError(f"unknown audio backend {backend!r}; use sounddevice or pyaudio")
-        return classes[backend](DeviceConfig(**device_options), mic_rate=self.pipeline.vad.sample_rate,
-                                speaker_rate=self.pipeline.voice.sample_rate)
+        return classes[backend](DeviceConfig(**device_options), mic_rate=self.mic_rate, speaker_rate=self.speaker_rate)
 
     # --- running -------------------------------------------------------------------------------
 
@@ -158,14 +173,24 @@ class Agent:
 
     # --- inside ----------------------------------------------------------------------------------
 
-    def _new_session(self, io: AudioIO) -> DuplexSession:
+    def _new_session(self, io: AudioIO):
         # Unpaced virtual time would race ahead of threaded thinking: run the stages inline there.
         inline = isinstance(io, FileIO) and io.pace is None
-        options = replace(self.options, threaded=self.options.threaded and not inline)
-        session = DuplexSession(self.pipeline, io, options, events=self.bus)
+        threaded = self.options.threaded and not inline
+        if self.recipe in FREEZE_OMNI_RECIPES:
+            return self._freeze_omni_session(io, threaded)
+        session = DuplexSession(self.pipeline, io, replace(self.options, threaded=threaded), events=self.bus)
         for tool in self._tools:
             session.tools.register(tool)
         return session
+
+    def _freeze_omni_session(self, io: AudioIO, threaded: bool):
+        from edgevoice.runtime.fo_session import FoSessionOptions, FreezeOmniSession
+
+        if self._tools:
+            raise EdgevoiceError("tools are not wired into the freeze-omni recipe yet; use a cascade package for tools")
+        options = FoSessionOptions(echo_cancellation=self.options.echo_cancellation, threaded=threaded)
+        return FreezeOmniSession(self.pipeline, io, options, events=self.bus)
 
     def _listen(self, end: float | None) -> None:
         session, io = self.session, self.session.io

@@ -129,3 +129,22 @@ def test_a_device_failing_mid_stream_ends_the_conversation_with_its_error(agent)
         agent.wait(timeout=10)
     agent.stop()
     assert ends and "disappeared" in ends[-1].data["error"]
+
+
+def test_talk_runs_a_freeze_omni_package_through_the_same_agent(tmp_path):
+    """The tiny recipe (Freeze-Omni's graph at toy width, random weights): the agent picks the
+    recipe's glue from the manifest; the turn-state head decides (on random weights: dismisses)."""
+    from edgevoice.export import export_package
+
+    package = export_package(model="tiny", target="cpu", out=REPO / "engines" / "tiny-cpu")
+    events = tmp_path / "events.jsonl"
+    cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(package.directory), "--input",
+           str(REPO / "examples" / "question.wav"), "--output", str(tmp_path / "said.wav"), "--events", str(events)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    kinds = [line.split('"kind": "')[1].split('"')[0] for line in events.read_text().splitlines()]
+    assert "turn_state" in kinds and kinds[-1] == "session_end"
+    with pytest.raises(EdgevoiceError, match="tools are not wired"):
+        tiny = Agent(package.directory)
+        tiny.tool(name="noop")(lambda: None)
+        tiny.start(FileIO(question(), recording_rate=RATE))
