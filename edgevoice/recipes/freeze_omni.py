@@ -72,8 +72,8 @@ from edgevoice.models.llm import LlmModel
 from edgevoice.recipes import fo_listen, fo_speech
 from edgevoice.recipes.base import Recipe, RecipeComponent
 from edgevoice.recipes.fo_listen import FULL_LISTEN, TINY_LISTEN, ListenDims, listen_components, random_listen
-from edgevoice.recipes.llm import TOKENIZER_FILE
 from edgevoice.recipes.fo_speech import PUBLISHED_SPEECH, TINY_SPEECH, SpeechDims, random_speech, speech_components
+from edgevoice.recipes.llm import TOKENIZER_FILE
 from edgevoice.runtime.speech_tokens import CodecStreamConfig
 from edgevoice.runtime.turn_state import DISMISS, KEEP_LISTENING, RESPOND, THRESHOLD
 from edgevoice.weights.freeze_omni_audiollm import SYSTEM_PREFIX, FoListen, load_listen
@@ -129,14 +129,18 @@ def recipe(weights: str | Path | None = None, llm: str | Path | None = None, max
 
 
 def assemble(name: str, listen: FoListen, speech: FoSpeech, license: str,
-             extra_config: dict[str, Any] | None = None) -> Recipe:
-    """The package's components and config from a listen path and a speech path of matching widths."""
+             extra_config: dict[str, Any] | None = None, ship_table: bool = True) -> Recipe:
+    """The package's components and config from a listen path and a speech path of matching widths.
+
+    ``ship_table=False`` leaves the token table file out: shapes to plan or time, not to export.
+    """
     rows = _rows_per_hidden(listen, speech)
-    components = _listen_part(listen, license) + speech_components(speech, license=license)
+    components = _listen_part(listen, license, ship_table) + speech_components(speech, license=license)
     by_name = {c.name: c for c in components}
-    config = {**package_config(listen, speech, rows), "licenses": {"weights": license},
+    ordered = [by_name[n] for n in PIPELINE if n in by_name]  # no speech_prefix for a decoder without one
+    config = {**package_config(listen, speech, rows, [c.name for c in ordered]), "licenses": {"weights": license},
               "source": f"listen: {listen.source}; speech: {speech.source}", **(extra_config or {})}
-    return Recipe(name=name, components=[by_name[n] for n in PIPELINE if n in by_name], config=config)
+    return Recipe(name=name, components=ordered, config=config)
 
 
 def _rows_per_hidden(listen: FoListen, speech: FoSpeech) -> int:
@@ -147,15 +151,14 @@ def _rows_per_hidden(listen: FoListen, speech: FoSpeech) -> int:
     return hidden // width
 
 
-def _listen_part(listen: FoListen, license: str) -> list[RecipeComponent]:
+def _listen_part(listen: FoListen, license: str, ship_table: bool) -> list[RecipeComponent]:
     components = [c for c in listen_components(listen, license=license) if c.name not in _UNUSED_ID_GRAPHS]
     for i, component in enumerate(components):
         if component.name == "fo_llm_listen":
             step = ListenLlmStep(_without_input_table(listen.llm), listen.state_head)
             files, stream = dict(component.files), {**component.stream, "embed_tokens": EMBED_FILE}
-            table = listen.llm.model.embed_tokens.weight
-            if not table.is_meta:  # meta shapes plan a package; they never write one
-                files[EMBED_FILE] = _write_embed_table(table)
+            if ship_table:
+                files[EMBED_FILE] = _write_embed_table(listen.llm.model.embed_tokens.weight)
             components[i] = replace(component, module=step, files=files, stream=stream)
     return components
 
@@ -218,13 +221,13 @@ def llm_shapes(llm_dir: str | Path, max_context: int = 2048) -> list[RecipeCompo
 # --- config ----------------------------------------------------------------------------------
 
 
-def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int) -> dict[str, Any]:
+def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int, pipeline: list[str]) -> dict[str, Any]:
     """The manifest config: every fact the run-time glue reads (see the module docstring)."""
     llm, prompt, fb = listen.llm.config, listen.prompt, listen.frontend.config
     decoder, codec = speech.decoder_config, speech.codec_config
     fifo = CodecStreamConfig(hop=codec.hop)
     return {
-        "pipeline": list(PIPELINE),
+        "pipeline": pipeline,
         "input_sample_rate": fb.sample_rate,
         "chunk_samples": fb.chunk_samples,
         "output_sample_rate": codec.sample_rate,
@@ -243,7 +246,7 @@ def package_config(listen: FoListen, speech: FoSpeech, rows_per_hidden: int) -> 
                    "bos_id": decoder.bos_id, "sos_id": decoder.sos_id, "eos_id": decoder.eos_id, "pad_id": decoder.pad_id,
                    "max_prefix_rows": decoder.max_prefix_rows, "max_text_rows": decoder.max_text_rows,
                    "max_speech_tokens": decoder.max_speech_tokens, "top_k": REFERENCE_TOP_K,
-                   "graphs": [n for n in PIPELINE if n.startswith("speech_")]},
+                   "graphs": [n for n in pipeline if n.startswith("speech_")]},
         "codec": {"sample_rate": codec.sample_rate, "hop": codec.hop, "max_tokens": codec.max_tokens,
                   "global_tokens": list(speech.global_tokens), "fifo": asdict(fifo)},
     }
@@ -287,9 +290,13 @@ def random_freeze_omni(dims: FreezeOmniDims = TINY, seed: int = 0,
 
 
 def full_size(device: str | torch.device = "meta", seed: int = 0) -> Recipe:
-    """Published Freeze-Omni shapes (Qwen2-7B) with random weights, as a recipe to plan or run."""
+    """Published Freeze-Omni shapes (Qwen2-7B) with random weights, as a recipe to plan or run.
+
+    ``device="meta"`` allocates nothing (the memory budget); a GPU device gives real tensors for
+    performance runs. The 2 GB token table file is not written: these shapes are not exported.
+    """
     listen, speech = random_freeze_omni(FULL, seed=seed, device=device)
-    return assemble("freeze-omni", listen, speech, fo_listen.RANDOM_LICENSE)
+    return assemble("freeze-omni", listen, speech, fo_listen.RANDOM_LICENSE, ship_table=False)
 
 
 def speech_configs(dims: SpeechDims, limits: SpeechLimits) -> tuple[FoSpeechDecoderConfig, FoCodecConfig]:
