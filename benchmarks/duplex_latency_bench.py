@@ -35,7 +35,7 @@ from edgevoice.runtime.session import DuplexSession, SessionOptions  # noqa: E40
 
 RATE = 16000
 QUESTIONS = ("What is the capital of France?", "What is the largest planet in the solar system?",
-             "Who wrote Romeo and Juliet?")
+             "How many days are there in a week?")
 
 
 def conversation(gap_s: float) -> np.ndarray:
