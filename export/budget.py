@@ -202,16 +202,20 @@ def memory_budget(components: Sequence[RecipeComponent], target: TargetProfile |
 def check_memory(components: Sequence[RecipeComponent], target: TargetProfile | str, precision: str,
                  what: str, sessions: int = 1) -> MemoryBudget:
     """The budget, or an EdgevoiceError naming a precision or targets that would fit."""
-    result = memory_budget(components, target, precision, sessions)
+    profile = load_target(target) if isinstance(target, str) else target
+    measured = {precision: measure(components, precision, sessions)}
+    result = budget_for(measured[precision], profile, precision, sessions)
     if result.fits:
         return result
+    for other in EXPORTABLE:  # what would fit: every exportable precision, measured once
+        if other not in measured:
+            measured[other] = measure(components, other, sessions)
     raise EdgevoiceError(f"{what} does not fit {result.target}: it {result.summary()}; "
-                         f"{_what_would_fit(components, result, sessions)}")
+                         f"{_what_would_fit(measured, result, sessions)}")
 
 
-def _what_would_fit(components: Sequence[RecipeComponent], refused: MemoryBudget, sessions: int) -> str:
+def _what_would_fit(measured: dict[str, tuple[ComponentMemory, ...]], refused: MemoryBudget, sessions: int) -> str:
     profile = load_target(refused.target)
-    measured = {p: measure(components, p, sessions) for p in EXPORTABLE}
     for precision in EXPORTABLE:
         if precision != refused.precision and profile.supports(precision):
             other = budget_for(measured[precision], profile, precision, sessions)
