@@ -133,6 +133,6 @@ def test_talk_refuses_a_package_it_cannot_run(package, tmp_path):
     """A package of another recipe, or engines for a backend this machine lacks: one line, exit 1."""
     question = str(Path(__file__).resolve().parents[1] / "examples" / "question.wav")
     other = run("talk", "--package", str(package), "--input", question, "--output", str(tmp_path / "r.wav"))
-    assert_user_error(other, "not 'cascade'")
+    assert_user_error(other, "holds recipe 'silero-vad'")
     trt = run("talk", "--package", str(package), "--backend", "trt", "--input", question, "--output", str(tmp_path / "r.wav"))
     assert_user_error(trt)
