@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgevoice.audio.io import AudioIO, read_aligned
+from edgevoice.audio.io import AudioIO
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.events import Event, EventBus
+from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.fo_reply import FoReplyJobs, ReplyTiming, Stepper
 from edgevoice.runtime.head_policy import HeadTurnOptions, HeadTurnPolicy, level_db
+from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.pipelines.freeze_omni import FreezeOmniPipeline
 from edgevoice.runtime.pipelines.freeze_omni_listen import ChunkResult, LlmContext
 from edgevoice.runtime.reply import Generation
@@ -67,27 +68,17 @@ class _Heard:
     context: LlmContext  # the turn's context right after this chunk (arrays are never written in place)
 
 
-class FreezeOmniSession:
+class FreezeOmniSession(ListenLoop):
     """One conversation with a Freeze-Omni agent over ``io``; same surface as ``DuplexSession``."""
 
     def __init__(self, pipeline: FreezeOmniPipeline, io: AudioIO, options: FoSessionOptions = FoSessionOptions(),
                  events: EventBus | None = None, policy: HeadTurnPolicy | None = None):
         if io.mic_rate != pipeline.sample_rate:
             raise ValueError(f"the listen path takes {pipeline.sample_rate} Hz audio; the I/O gives {io.mic_rate} Hz")
-        self.pipeline, self.io, self.options = pipeline, io, options
-        self.events = events or EventBus()
+        # One frame is one listen chunk: 2560 samples = 160 ms.
+        super().__init__(io, pipeline.chunk_samples, options.echo_cancellation, events)
+        self.pipeline, self.options = pipeline, options
         self.policy = policy or HeadTurnPolicy(options.head)
-        self.frame = pipeline.chunk_samples  # 2560 samples = 160 ms
-        self.turn = 0
-        self.level = 0.0  # RMS of the last cleaned chunk (a live view's meter)
-        self._echo = None
-        if options.echo_cancellation:
-            from edgevoice.audio.echo import EchoCanceller
-
-            self._echo = EchoCanceller(io.mic_rate)
-        self._mic = np.zeros(self.frame, np.float32)
-        self._ref = np.zeros(self.frame, np.float32)
-        self._pending = np.zeros(0, np.float32)  # echo-cancelled audio not yet a whole chunk
         self._heard: queue.SimpleQueue[_Heard] = queue.SimpleQueue()
         self._listen_worker = Worker("listen", options.threaded, self._stage_failed)
         self._think = Stepper("think", options.threaded, self._stage_failed, options.inline_llm_steps)
@@ -101,27 +92,12 @@ class FreezeOmniSession:
 
     # --- driving ---------------------------------------------------------------------------------
 
-    def step(self) -> bool:
-        """Handle one chunk; False when the microphone has no more audio (end of a recording)."""
-        self.io.check()
-        if not self.io.wait_for_mic(self.frame, timeout=1.0):
-            return False
-        _, count = read_aligned(self.io.mic, self.io.reference, self._mic, self._ref)
-        cleaned = self._cancel_echo(self._mic[:count], self._ref[:count])
-        if cleaned.size == self.frame:
-            self._listen(cleaned)
+    def _tick(self) -> None:
         self._act_on_verdicts()
         self._think.tick()
         self._speak.tick()
         self._feed_speaker()
         self._report_cancels()
-        return True
-
-    def run(self, seconds: float) -> None:
-        """Run for ``seconds`` of session time (or until the microphone runs dry)."""
-        end = self.io.clock.now() + seconds
-        while self.io.clock.now() < end and self.step():
-            pass
 
     @property
     def idle(self) -> bool:
@@ -144,7 +120,7 @@ class FreezeOmniSession:
             "dismissed": len(self.events.history(ev.DISMISSED)),
             "chunks_listened": len(self.events.history(ev.TURN_STATE)),
             "respond_latency_s": {k: sorted(v)[len(v) // 2] for k, v in stages.items()},
-            "device_xruns": self.io.stats.xruns,
+            **self.audio_summary(),
         }
 
     def close(self) -> None:
@@ -157,18 +133,8 @@ class FreezeOmniSession:
 
     # --- listen ----------------------------------------------------------------------------------
 
-    def _cancel_echo(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        if self._echo is None:
-            return mic
-        self._pending = np.concatenate([self._pending, self._echo.process(mic, reference)])
-        if self._pending.size < self.frame:
-            return np.zeros(0, np.float32)
-        out, self._pending = self._pending[: self.frame], self._pending[self.frame :]
-        return out
-
     def _listen(self, chunk: np.ndarray) -> None:
         """The gate decides on the loop's thread; the engines hear the chunk on the listen stage."""
-        self.level = float(np.sqrt(np.mean(np.square(chunk, dtype=np.float64))))
         decision = self.policy.gate(self.io.clock.now(), level_db(chunk))
         begin = decision is Decision.USER_STARTED
         if begin:
@@ -279,12 +245,6 @@ class FreezeOmniSession:
         self._speaking = False
 
     # --- events ------------------------------------------------------------------------------------
-
-    def _emit(self, kind: str, **data) -> None:
-        self.events.emit(Event(self.io.clock.now(), kind, self.turn, data))
-
-    def _emit_turn(self, kind: str, turn: int, **data) -> None:
-        self.events.emit(Event(self.io.clock.now(), kind, turn, data))
 
     def _stage_failed(self, stage: str, exc: BaseException) -> None:
         self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgevoice.audio.io import AudioIO, read_aligned
+from edgevoice.audio.io import AudioIO
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.events import Event, EventBus
+from edgevoice.runtime.events import EventBus
+from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.pipelines.cascade import CascadePipeline
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.thinking import CascadeThinker, tool_outcome_text
@@ -55,25 +56,16 @@ class SessionOptions:
             raise ValueError("speculate_after_ms must be shorter than the endpoint silence, or nothing is gained")
 
 
-class DuplexSession:
+class DuplexSession(ListenLoop):
     """One conversation with a cascade agent over ``io``."""
 
     def __init__(self, agent: CascadePipeline, io: AudioIO, options: SessionOptions = SessionOptions(),
                  events: EventBus | None = None, tools: ToolRunner | None = None):
-        self.agent, self.io, self.options = agent, io, options
-        self.events = events or EventBus()
+        # One frame is one VAD chunk: 512 samples at 16 kHz.
+        super().__init__(io, agent.vad.chunk_samples, options.echo_cancellation, events)
+        self.agent, self.options = agent, options
         self.policy = VadTurnPolicy(options.turn)
-        self.frame = agent.vad.chunk_samples  # 512 samples at 16 kHz
-        self.turn = 0
         self._vad = agent.vad.runner.stream()
-        self._echo = None
-        if options.echo_cancellation:
-            from edgevoice.audio.echo import EchoCanceller
-
-            self._echo = EchoCanceller(io.mic_rate)
-        self._mic = np.zeros(self.frame, np.float32)
-        self._ref = np.zeros(self.frame, np.float32)
-        self._pending = np.zeros(0, np.float32)  # echo-cancelled audio not yet a whole VAD frame
         self._heard: list[np.ndarray] = []  # cleaned mic audio of the current user turn
         self._history: list[np.ndarray] = []  # the last ~USER_MARGIN_S of audio before an onset
         self._outcomes: queue.SimpleQueue[ToolOutcome] = queue.SimpleQueue()
@@ -87,37 +79,17 @@ class DuplexSession:
         self._cancelled: list[tuple[Generation, int, int]] = []  # (reply, its turn, words kept) until its stages stop
         self._tool_results_waiting = 0
         self._last_partial_at = 0.0
-        self._xruns_seen = (0, 0)  # device xruns and lost mic samples already reported
-        self._input_problems_seen = (0, 0)  # non-finite and clipped mic samples already reported
-        self._clip_warned_at = -1e9  # clock time of the last clipping warning (one per 10 s at most)
         self.reply_gaps = 0  # times the speaker ran dry in the middle of a reply (synthesis fell behind)
         self._in_gap = False
-        self.level = 0.0  # RMS of the last cleaned frame (the live view's meter)
         if options.think_while_listening:
             self._think.submit(self.thinker.warm_up)
 
     # --- driving -----------------------------------------------------------------------------
 
-    def step(self) -> bool:
-        """Handle one frame; False when the microphone has no more audio (end of a recording)."""
-        self.io.check()
-        if not self.io.wait_for_mic(self.frame, timeout=1.0):
-            return False
-        _, count = read_aligned(self.io.mic, self.io.reference, self._mic, self._ref)
-        cleaned = self._cancel_echo(self._mic[:count], self._ref[:count])
-        if cleaned.size == self.frame:
-            self._listen(cleaned)
+    def _tick(self) -> None:
         self._act()
         self._feed_speaker()
         self._report_cancels()
-        self._report_xruns()
-        return True
-
-    def run(self, seconds: float) -> None:
-        """Run for ``seconds`` of session time (or until the microphone runs dry)."""
-        end = self.io.clock.now() + seconds
-        while self.io.clock.now() < end and self.step():
-            pass
 
     @property
     def idle(self) -> bool:
@@ -128,7 +100,6 @@ class DuplexSession:
 
     def summary(self) -> dict:
         """Turns, per-turn latencies and every audio problem counted, for the end of a conversation."""
-        stats = self.io.stats
         latencies = ev.turn_latencies(self.events.history())
         first_audio = sorted(t[ev.FIRST_AUDIO] for t in latencies.values() if ev.FIRST_AUDIO in t)
         return {
@@ -138,13 +109,8 @@ class DuplexSession:
             "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
             "tool_calls": len(self.events.history(ev.TOOL_CALL)),
             "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
-            "device_xruns": stats.xruns,
             "reply_gaps": self.reply_gaps,
-            "mic_overrun_samples": self.io.mic.overrun_samples,
-            "reference_overrun_samples": self.io.reference.overrun_samples,
-            "speaker_silence_samples": self.io.speaker.underrun_samples,  # silence played while nothing was queued
-            "nonfinite_samples": stats.nonfinite_samples,
-            "clipped_samples": stats.clipped_samples,
+            **self.audio_summary(),
         }
 
     def close(self) -> None:
@@ -158,20 +124,8 @@ class DuplexSession:
 
     # --- listen --------------------------------------------------------------------------------
 
-    def _cancel_echo(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
-        if self._echo is None:
-            return mic
-        # The canceller returns whole 10 ms blocks; keep a frame's worth aligned for the VAD.
-        cleaned = self._echo.process(mic, reference)
-        self._pending = np.concatenate([self._pending, cleaned])
-        if self._pending.size < self.frame:
-            return np.zeros(0, np.float32)
-        out, self._pending = self._pending[: self.frame], self._pending[self.frame :]
-        return out
-
     def _listen(self, frame: np.ndarray) -> None:
         prob = float(self._vad({"chunk": frame[None]})["prob"].item())
-        self.level = float(np.sqrt(np.mean(frame * frame)))
         now = self.io.clock.now()
         decision = self.policy.update(now, prob, self.level)
         self._keep_audio(frame, decision)
@@ -306,25 +260,6 @@ class DuplexSession:
             self._emit(ev.XRUN, kind="reply_gap")
         self._in_gap = starved
 
-    def _report_xruns(self) -> None:
-        """Device over/underflows and lost microphone audio, as events when they happen."""
-        seen = (self.io.stats.xruns, self.io.mic.overrun_samples)
-        if seen != self._xruns_seen:
-            self._emit(ev.XRUN, kind="device", device_xruns=seen[0] - self._xruns_seen[0],
-                       mic_samples_lost=seen[1] - self._xruns_seen[1])
-            self._xruns_seen = seen
-        nonfinite, clipped = self.io.stats.nonfinite_samples, self.io.stats.clipped_samples
-        if nonfinite > self._input_problems_seen[0]:  # silenced by the I/O; say so once per burst
-            self._emit(ev.WARNING, stage="input", problem="non-finite samples (NaN/inf) replaced by silence",
-                       samples=nonfinite - self._input_problems_seen[0])
-        now = self.io.clock.now()
-        if clipped > self._input_problems_seen[1] and now - self._clip_warned_at >= 10.0:
-            self._emit(ev.WARNING, stage="input", problem="the microphone clips: lower its input gain",
-                       samples=clipped - self._input_problems_seen[1])
-            self._clip_warned_at = now
-            self._input_problems_seen = (self._input_problems_seen[0], clipped)
-        self._input_problems_seen = (nonfinite, self._input_problems_seen[1])
-
     def _pause(self) -> None:
         """Possible interruption: stop the audio now, keep the reply to resume from where it stopped."""
         unplayed = self.io.speaker.readable
@@ -358,12 +293,6 @@ class DuplexSession:
         self._speaking = False
 
     # --- events --------------------------------------------------------------------------------
-
-    def _emit(self, kind: str, **data) -> None:
-        self.events.emit(Event(self.io.clock.now(), kind, self.turn, data))
-
-    def _emit_turn(self, kind: str, turn: int, **data) -> None:
-        self.events.emit(Event(self.io.clock.now(), kind, turn, data))
 
     def _stage_failed(self, stage: str, exc: BaseException) -> None:
         self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")

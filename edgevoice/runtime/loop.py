@@ -1,0 +1,120 @@
+"""The listen loop every recipe's duplex session shares.
+
+One ``step`` reads a frame of microphone audio with what the speaker played in the same instant
+(position-aligned), cancels the echo, hands the cleaned frame to the recipe's ``_listen``, lets the
+recipe move its other stages along (``_tick``: speaker feed, finished jobs, tool results), and
+reports audio problems as events. It never waits for a model: inference runs on the stages'
+workers, and the AudioIO's callback only copies between rings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgevoice.audio.io import AudioIO, read_aligned
+from edgevoice.runtime import events as ev
+from edgevoice.runtime.events import Event, EventBus
+
+CLIP_WARNING_EVERY_S = 10.0  # a clipping microphone is reported at most this often
+
+
+class ListenLoop:
+    """Echo-cancelled frames in, events out; subclasses implement ``_listen`` and ``_tick``."""
+
+    def __init__(self, io: AudioIO, frame: int, echo_cancellation: bool, events: EventBus | None):
+        self.io, self.frame = io, frame
+        self.events = events or EventBus()
+        self.turn = 0  # index of the current user turn
+        self.level = 0.0  # RMS of the last cleaned frame (the live view's meter)
+        self._echo = None
+        if echo_cancellation:
+            from edgevoice.audio.echo import EchoCanceller
+
+            self._echo = EchoCanceller(io.mic_rate)
+        self._mic = np.zeros(frame, np.float32)
+        self._ref = np.zeros(frame, np.float32)
+        self._pending = np.zeros(0, np.float32)  # echo-cancelled audio not yet a whole frame
+        self._xruns_seen = (0, 0)  # device xruns and lost mic samples already reported
+        self._nonfinite_seen = 0  # NaN/inf mic samples already reported
+        self._clipped_seen = 0  # clipped mic samples already reported
+        self._clip_warned_at = -1e9  # clock time of the last clipping warning
+
+    # --- driving ---------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """Handle one frame; False when the microphone has no more audio (end of a recording)."""
+        self.io.check()
+        if not self.io.wait_for_mic(self.frame, timeout=1.0):
+            return False
+        _, count = read_aligned(self.io.mic, self.io.reference, self._mic, self._ref)
+        cleaned = self._cancel_echo(self._mic[:count], self._ref[:count])
+        if cleaned.size == self.frame:
+            self.level = float(np.sqrt(np.mean(cleaned * cleaned)))
+            self._listen(cleaned)
+        self._tick()
+        self._report_audio_problems()
+        return True
+
+    def run(self, seconds: float) -> None:
+        """Run for ``seconds`` of session time (or until the microphone runs dry)."""
+        end = self.io.clock.now() + seconds
+        while self.io.clock.now() < end and self.step():
+            pass
+
+    def _listen(self, frame: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _tick(self) -> None:
+        raise NotImplementedError
+
+    # --- audio -----------------------------------------------------------------------------------
+
+    def _cancel_echo(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        if self._echo is None:
+            return mic
+        # The canceller returns whole 10 ms blocks; keep a frame's worth aligned for the listener.
+        cleaned = self._echo.process(mic, reference)
+        self._pending = np.concatenate([self._pending, cleaned])
+        if self._pending.size < self.frame:
+            return np.zeros(0, np.float32)
+        out, self._pending = self._pending[: self.frame], self._pending[self.frame :]
+        return out
+
+    def audio_summary(self) -> dict:
+        """Every audio problem counted since the start."""
+        stats = self.io.stats
+        return {
+            "device_xruns": stats.xruns,
+            "mic_overrun_samples": self.io.mic.overrun_samples,
+            "reference_overrun_samples": self.io.reference.overrun_samples,
+            "speaker_silence_samples": self.io.speaker.underrun_samples,  # silence played while nothing was queued
+            "nonfinite_samples": stats.nonfinite_samples,
+            "clipped_samples": stats.clipped_samples,
+        }
+
+    def _report_audio_problems(self) -> None:
+        """Device over/underflows and lost microphone audio as ``xrun`` events; NaN and clipping
+        input (already repaired or counted by the I/O) as ``warning`` events."""
+        stats = self.io.stats
+        seen = (stats.xruns, self.io.mic.overrun_samples)
+        if seen != self._xruns_seen:
+            self._emit(ev.XRUN, kind="device", device_xruns=seen[0] - self._xruns_seen[0],
+                       mic_samples_lost=seen[1] - self._xruns_seen[1])
+            self._xruns_seen = seen
+        if stats.nonfinite_samples > self._nonfinite_seen:
+            self._emit(ev.WARNING, stage="input", problem="non-finite samples (NaN/inf) replaced by silence",
+                       samples=stats.nonfinite_samples - self._nonfinite_seen)
+            self._nonfinite_seen = stats.nonfinite_samples
+        now = self.io.clock.now()
+        if stats.clipped_samples > self._clipped_seen and now - self._clip_warned_at >= CLIP_WARNING_EVERY_S:
+            self._emit(ev.WARNING, stage="input", problem="the microphone clips: lower its input gain",
+                       samples=stats.clipped_samples - self._clipped_seen)
+            self._clip_warned_at, self._clipped_seen = now, stats.clipped_samples
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _emit(self, kind: str, **data) -> None:
+        self.events.emit(Event(self.io.clock.now(), kind, self.turn, data))
+
+    def _emit_turn(self, kind: str, turn: int, **data) -> None:
+        self.events.emit(Event(self.io.clock.now(), kind, turn, data))
