@@ -72,6 +72,7 @@ class DuplexSession(ListenLoop):
         self.tools = tools or ToolRunner(self._outcomes.put)
         self._think = Worker("think", options.threaded, self._stage_failed)
         self._speak = Worker("speak", options.threaded, self._stage_failed)
+        self._partials = Worker("partial", options.threaded, self._stage_failed)  # transcripts while the user speaks
         self.thinker = CascadeThinker(agent, self._think, self._speak, self._emit_turn, io.speaker_rate, self.tools)
         self._current: Generation | None = None  # the reply that has (or will get) the floor
         self._speculation: Generation | None = None  # an answer prepared before the endpoint
@@ -96,6 +97,7 @@ class DuplexSession(ListenLoop):
         """Nobody holds the floor and no stage has work: no reply, no tool call in flight."""
         return (self._current is None and self._speculation is None and not self._heard
                 and self.policy.state is TurnState.LISTENING and self._think.idle and self._speak.idle
+                and self._partials.idle
                 and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
 
     def summary(self) -> dict:
@@ -118,6 +120,7 @@ class DuplexSession(ListenLoop):
         for gen in (self._current, self._speculation):
             if gen is not None:
                 gen.cancel()
+        self._partials.stop()
         self._think.stop()
         self._speak.stop()
         self.tools.shutdown()
@@ -181,11 +184,11 @@ class DuplexSession(ListenLoop):
         if silence_ms >= self.options.speculate_after_ms and spec is None:
             self._speculation = self._start_answer(speculative=True)
             self._speculation.audio_key = last
-        elif silence_ms < self.options.speculate_after_ms and self._think.idle and \
+        elif silence_ms < self.options.speculate_after_ms and self._partials.idle and self._think.idle and \
                 now - self._last_partial_at >= self.options.partial_every_s:
             self._last_partial_at = now
             audio, turn = np.concatenate(self._heard), self.turn
-            self._think.submit(lambda: self.thinker.partial(audio, self.io.mic_rate, turn))
+            self._partials.submit(lambda: self.thinker.partial(audio, self.io.mic_rate, turn))
 
     def _take_turn(self) -> None:
         self._emit(ev.TURN_TAKEN)

@@ -32,6 +32,11 @@ _PHRASE_END = re.compile(r"[.!?;:]\s|[.!?]$")
 _CLAUSE_END = re.compile(r",\s")
 _MIN_PHRASE_CHARS = 12  # do not speak "Yes." alone when more is coming at once
 _MIN_FIRST_CLAUSE_CHARS = 20  # the first audio may start at a comma: a listener waits for it
+# ... or, in a long first sentence, after this many whole words: the voice starts ~0.4 s sooner on
+# 2 CPU cores (fewer tokens to wait for, a shorter phrase to synthesize) at the price of a slight
+# pitch fall mid-sentence; later phrases keep sentence boundaries.
+FIRST_PHRASE_WORDS = 6
+_FIRST_WORDS = re.compile(r"\s*(?:\S+\s+){%d}" % FIRST_PHRASE_WORDS)
 SPEECH_MARGIN_S = 0.2  # audio kept around the detected speech, so word edges survive
 
 
@@ -177,7 +182,8 @@ def prompt_messages(system: str, history: list[dict[str, str]], recap_turns: int
 def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
     """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet.
 
-    The first phrase may also end at a comma, so the reply starts sounding sooner.
+    The first phrase may also end at a comma, or after ``FIRST_PHRASE_WORDS`` whole words, so the
+    reply starts sounding sooner.
     """
     for match in _PHRASE_END.finditer(text, spoken_upto):
         if match.end() - spoken_upto >= _MIN_PHRASE_CHARS:
@@ -186,4 +192,7 @@ def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
         for match in _CLAUSE_END.finditer(text, spoken_upto):
             if match.end() - spoken_upto >= _MIN_FIRST_CLAUSE_CHARS:
                 return match.end()
+        words = _FIRST_WORDS.match(text, spoken_upto)  # the next word has begun: these are whole
+        if words:
+            return words.end()
     return 0
