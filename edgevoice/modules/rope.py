@@ -22,10 +22,25 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"rotary head_dim must be even, got {head_dim}")
-        exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-        inv_freq = (1.0 / (base**exponent)).float()  # (head_dim / 2,)
+        self.base = base
+        inv_freq = self._frequencies(head_dim, base)  # (head_dim / 2,)
         # Not a weight: derived from the config, so it stays out of the state dict.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _apply(self, fn, recurse: bool = True):
+        # Module.half()/.to(bfloat16) cast every floating buffer; the frequencies must stay float32
+        # (at base 1e6 the smallest is ~1e-6, below fp16's normal range), so recompute them after
+        # any cast, on whatever device the buffer moved to.
+        result = super()._apply(fn, recurse)
+        if self.inv_freq.dtype != torch.float32:
+            head_dim = 2 * self.inv_freq.shape[0]
+            self.inv_freq = self._frequencies(head_dim, self.base).to(self.inv_freq.device)
+        return result
+
+    @staticmethod
+    def _frequencies(head_dim: int, base: float) -> torch.Tensor:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        return (1.0 / (base**exponent)).float()  # (head_dim / 2,)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # positions: (B, T) int64 -> angles in float32 whatever the compute dtype, since
