@@ -105,22 +105,16 @@ class FreezeOmniSession(ListenLoop):
         return (self._current is None and not self.policy.listening and self.policy.state is TurnState.LISTENING
                 and self._listen_worker.idle and self._think.idle and self._speak.idle and self._heard.empty())
 
-    def summary(self) -> dict:
-        """Turns, replies, barge-ins and the respond-latency breakdown (median per stage)."""
-        history = self.events.history()
+    def _recipe_summary(self) -> dict:
+        """Dismissed turns, chunks heard and the respond-latency breakdown (median per stage)."""
         stages: dict[str, list[float]] = {}
-        for marks in ev.respond_breakdown(history).values():
+        for marks in ev.respond_breakdown(self.events.history()).values():
             for kind, seconds in marks.items():
                 stages.setdefault(kind, []).append(seconds)
         return {
-            "turns": self.turn,
-            "session_seconds": self.io.clock.now(),
-            "replies": len(self.events.history(ev.AGENT_DONE)),
-            "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
             "dismissed": len(self.events.history(ev.DISMISSED)),
             "chunks_listened": len(self.events.history(ev.TURN_STATE)),
             "respond_latency_s": {k: sorted(v)[len(v) // 2] for k, v in stages.items()},
-            **self.audio_summary(),
         }
 
     def close(self) -> None:

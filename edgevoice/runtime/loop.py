@@ -80,6 +80,20 @@ class ListenLoop:
         out, self._pending = self._pending[: self.frame], self._pending[self.frame :]
         return out
 
+    def summary(self) -> dict:
+        """Turns, replies, the recipe's own figures, and every audio problem counted."""
+        return {
+            "turns": self.turn,
+            "session_seconds": self.io.clock.now(),
+            "replies": len(self.events.history(ev.AGENT_DONE)),
+            "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
+            **self._recipe_summary(),
+            **self.audio_summary(),
+        }
+
+    def _recipe_summary(self) -> dict:
+        return {}
+
     def audio_summary(self) -> dict:
         """Every audio problem counted since the start."""
         stats = self.io.stats

@@ -30,7 +30,7 @@ from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.pipelines.cascade import CascadePipeline
 from edgevoice.runtime.reply import Generation
-from edgevoice.runtime.thinking import CascadeThinker, tool_outcome_text
+from edgevoice.runtime.thinking import CascadeThinker
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
 from edgevoice.runtime.workers import Worker
@@ -100,19 +100,13 @@ class DuplexSession(ListenLoop):
                 and self._partials.idle
                 and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
 
-    def summary(self) -> dict:
-        """Turns, per-turn latencies and every audio problem counted, for the end of a conversation."""
+    def _recipe_summary(self) -> dict:
         latencies = ev.turn_latencies(self.events.history())
         first_audio = sorted(t[ev.FIRST_AUDIO] for t in latencies.values() if ev.FIRST_AUDIO in t)
         return {
-            "turns": self.turn,
-            "session_seconds": self.io.clock.now(),
-            "replies": len(self.events.history(ev.AGENT_DONE)),
-            "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
             "tool_calls": len(self.events.history(ev.TOOL_CALL)),
             "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
             "reply_gaps": self.reply_gaps,
-            **self.audio_summary(),
         }
 
     def close(self) -> None:
@@ -223,7 +217,8 @@ class DuplexSession(ListenLoop):
             except queue.Empty:
                 break
             kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
-            self._emit(kind, **tool_outcome_text(outcome))
+            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
+                       **outcome.answer())
             self.thinker.add_tool_outcome(outcome)
             self._tool_results_waiting += 1
         if self._tool_results_waiting and self._current is None and self.policy.state is TurnState.LISTENING:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -85,8 +85,7 @@ class CascadeThinker:
 
     def add_tool_outcome(self, outcome: ToolOutcome) -> None:
         """A tool's result (or failure) joins the conversation as a ``tool`` message."""
-        body = {"name": outcome.call.name, "ok": outcome.ok}
-        body.update({"result": outcome.result} if outcome.ok else {"error": outcome.error})
+        body = {"name": outcome.call.name, "ok": outcome.ok, **outcome.answer()}
         with self._history_lock:
             self.agent.history.append({"role": "tool", "content": json.dumps(body, default=str)})
 
@@ -211,10 +210,3 @@ def _common_prefix(a: list[str], b: list[str]) -> list[str]:
             break
         out.append(x)
     return out
-
-
-def tool_outcome_text(outcome: ToolOutcome) -> dict[str, Any]:
-    """The event payload of a tool outcome."""
-    data: dict[str, Any] = {"name": outcome.call.name, "call_id": outcome.call.call_id, "seconds": outcome.seconds}
-    data.update({"result": outcome.result} if outcome.ok else {"error": outcome.error})
-    return data

@@ -60,6 +60,10 @@ class ToolOutcome:
     error: str = ""  # what went wrong otherwise
     seconds: float = 0.0
 
+    def answer(self) -> dict[str, Any]:
+        """``{"result": ...}`` or ``{"error": ...}``: what the conversation and the events carry."""
+        return {"result": self.result} if self.ok else {"error": self.error}
+
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:
     """Split model output into the text to speak and the tool calls it contains.
