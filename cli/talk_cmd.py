@@ -138,13 +138,10 @@ def summary_table(summary: dict) -> Table:
 
 
 def _check_sound_devices(audio_backend: str, input_device: str | None, output_device: str | None) -> None:
-    from edgevoice.audio.device_io import DeviceConfig, PyAudioIO, SoundDeviceIO
+    from edgevoice.audio.device_io import DeviceConfig, open_duplex
 
-    classes = {"sounddevice": SoundDeviceIO, "pyaudio": PyAudioIO}
-    if audio_backend not in classes:
-        raise EdgevoiceError(f"unknown --audio-backend {audio_backend!r}; use sounddevice or pyaudio")
     config = DeviceConfig(input_device=_device_spec(input_device), output_device=_device_spec(output_device))
-    classes[audio_backend](config)  # resolves both devices and checks their settings; opens nothing
+    open_duplex(audio_backend, config)  # resolves both devices and checks their settings; opens nothing
 
 
 def _device_spec(spec: str | None) -> int | str | None:

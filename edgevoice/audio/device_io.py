@@ -459,6 +459,16 @@ class PyAudioIO(DuplexDeviceIO):
             self._pa = None
 
 
+def open_duplex(backend: str, config: DeviceConfig = DeviceConfig(), *, mic_rate: int = 16000,
+                speaker_rate: int = 22050) -> DuplexDeviceIO:
+    """``backend``'s duplex I/O ("sounddevice" or "pyaudio"): both devices resolved and their
+    settings checked now, the stream opened only by ``start()``."""
+    classes = {"sounddevice": SoundDeviceIO, "pyaudio": PyAudioIO}
+    if backend not in classes:
+        raise EdgevoiceError(f"unknown audio backend {backend!r}; use sounddevice or pyaudio")
+    return classes[backend](config, mic_rate=mic_rate, speaker_rate=speaker_rate)
+
+
 def refused(direction: str, device: DeviceInfo, channels: int, rate: int, exc: Exception) -> EdgevoiceError:
     return EdgevoiceError(
         f"{direction} device {device.index} ({device.name}) refuses {rate} Hz, {channels} ch, float32 ({exc}); "

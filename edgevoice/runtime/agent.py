@@ -95,12 +95,9 @@ class Agent:
 
     def microphone(self, backend: str = "sounddevice", **device_options: Any) -> AudioIO:
         """The sound card as audio I/O (``DeviceConfig`` fields as keywords), at the package's rates."""
-        from edgevoice.audio.device_io import DeviceConfig, PyAudioIO, SoundDeviceIO
+        from edgevoice.audio.device_io import DeviceConfig, open_duplex
 
-        classes = {"sounddevice": SoundDeviceIO, "pyaudio": PyAudioIO}
-        if backend not in classes:
-            raise EdgevoiceError(f"unknown audio backend {backend!r}; use sounddevice or pyaudio")
-        return classes[backend](DeviceConfig(**device_options), mic_rate=self.mic_rate, speaker_rate=self.speaker_rate)
+        return open_duplex(backend, DeviceConfig(**device_options), mic_rate=self.mic_rate, speaker_rate=self.speaker_rate)
 
     # --- running -------------------------------------------------------------------------------
 
