@@ -41,6 +41,16 @@ def espeak(text: str, sample_rate: int = 16000) -> np.ndarray:
     return samples
 
 
+def room_response(delay_seconds: float, seed: int = 1, gain: float = 0.5) -> np.ndarray:
+    """A speaker-to-mic path at 16 kHz: ``delay_seconds`` of silence, then a 100 ms room (random
+    taps under a 20 ms exponential decay) with ``gain`` as its energy."""
+    rng = np.random.default_rng(seed)
+    taps = int(0.1 * 16000)
+    response = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (0.02 * 16000))
+    response *= gain / np.sqrt(np.sum(response**2))
+    return np.concatenate([np.zeros(int(delay_seconds * 16000)), response]).astype(np.float32)
+
+
 @pytest.fixture(scope="session")
 def speech_16k() -> np.ndarray:
     """About 6 s: silence, two spoken sentences with a pause, silence."""

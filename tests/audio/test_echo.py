@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import espeak
+from conftest import espeak, room_response
 
 from edgevoice.audio.clock import VirtualClock
 from edgevoice.audio.echo import EchoCanceller, measure_latency
@@ -18,15 +18,6 @@ RATE = 16000
 USER_STARTS = 7 * RATE  # the user starts talking while the agent is still speaking (double talk)
 CONVERGED = 3 * RATE  # ERLE is measured after AEC3 had 3 s to learn the room
 FRAME = RATE // 50  # 20 ms analysis frames
-
-
-def room_response(delay_seconds: float, seed: int = 1) -> np.ndarray:
-    """A 100 ms room (random taps under a 20 ms exponential decay) after ``delay_seconds``, at 16 kHz."""
-    rng = np.random.default_rng(seed)
-    taps = int(0.1 * RATE)
-    response = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (0.02 * RATE))
-    response *= 0.5 / np.sqrt(np.sum(response**2))
-    return np.concatenate([np.zeros(int(delay_seconds * RATE)), response]).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import espeak
+from conftest import espeak, room_response
 from edgevoice.audio.io import FileIO
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.pipelines.cascade import CascadePipeline
@@ -93,20 +93,11 @@ def first_voiced(audio: np.ndarray) -> int:
     return int(np.argmax(np.abs(audio) > 0.02))
 
 
-def room_response(delay_s: float = 0.05, gain: float = 0.5, seed: int = 1) -> np.ndarray:
-    """A 100 ms room (random taps, 20 ms decay) after ``delay_s``: the speaker-to-mic path at 16 kHz."""
-    rng = np.random.default_rng(seed)
-    taps = int(0.1 * RATE)
-    response = rng.standard_normal(taps) * np.exp(-np.arange(taps) / (0.02 * RATE))
-    response *= gain / np.sqrt(np.sum(response**2))
-    return np.concatenate([np.zeros(int(delay_s * RATE)), response]).astype(np.float32)
-
-
 @pytest.mark.parametrize("echo_cancellation", [True, False])
 def test_on_open_speakers_the_agent_never_interrupts_itself(cascade_package, echo_cancellation):
     q1 = espeak("Can you tell me a fun fact about cats?")
     recording = np.concatenate([silence(0.5), q1, silence(25.0)])  # room for the whole answer
-    io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, echo_path=room_response())
+    io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, echo_path=room_response(0.05))
     session = DuplexSession(CascadePipeline(cascade_package), io,
                             SessionOptions(threaded=False, echo_cancellation=echo_cancellation))
     with io:
@@ -177,7 +168,7 @@ def test_on_open_speakers_a_barge_in_stops_the_agent_within_300_ms(cascade_packa
     q1, interrupt = espeak("Can you tell me a fun fact about cats?"), espeak("Wait, tell me about dogs instead.")
     lead, gap = silence(0.5), silence(2.5)  # endpoint (0.6 s) + about 1.9 s into the answer
     recording = np.concatenate([lead, q1, gap, interrupt, silence(6.0)])
-    io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, echo_path=room_response())
+    io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, echo_path=room_response(0.05))
     session = DuplexSession(CascadePipeline(cascade_package), io, SessionOptions(threaded=False))
     with io:
         session.run(len(recording) / RATE)
