@@ -25,7 +25,10 @@ ENV_VAR = "EDGEVOICE_FREEZE_OMNI_FIXTURES"
 def fixture_sets() -> list[Path]:
     found = sorted(p for p in SHARED_FIXTURES.glob("freeze_omni_*") if (p / "golden").is_dir())
     extra = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
-    return found + [p for p in extra if p not in found]
+    unique: dict[Path, None] = {}  # a set named both ways runs once
+    for path in found + extra:
+        unique.setdefault(path.resolve(), None)
+    return list(unique)
 
 
 def fixture_params() -> list:

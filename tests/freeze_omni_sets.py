@@ -8,31 +8,15 @@ sets with other seeds and sizes run through the same tests. No set at all is a f
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from conftest import SHARED_FIXTURES
+from fo_fixtures import ENV_VAR, fixture_params
 
-ENV_VAR = "EDGEVOICE_FREEZE_OMNI_FIXTURES"
-
-
-def fixture_sets() -> list[Path]:
-    found = sorted(p for p in SHARED_FIXTURES.glob("freeze_omni_*") if (p / "golden").is_dir())
-    extra = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
-    unique: dict[Path, None] = {}
-    for path in found + extra:
-        unique.setdefault(path.resolve(), None)
-    return list(unique)
-
-
-def fixture_set_params() -> list:
-    """pytest params, one per set; a single failing param when there is none."""
-    sets = fixture_sets()
-    if not sets:
-        return [pytest.param(None, id="no-freeze-omni-fixture-set")]
-    return [pytest.param(path, id=path.name) for path in sets]
+# One finder for every Freeze-Omni test: the listen-path helpers own it.
+fixture_set_params = fixture_params
 
 
 def require_set(path: Path | None) -> Path:
