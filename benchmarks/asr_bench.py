@@ -70,10 +70,11 @@ def utterances() -> list[tuple[str, np.ndarray, str]]:
 
 
 def build_ours(onnx_dir: Path | None, threads: int):
-    from edgevoice.backends.ort import OrtRunner
     from edgevoice.export.to_onnx import export_onnx, with_precision
-    from edgevoice.recipes.whisper import TOKENIZER_FILE, whisper_components
-    from edgevoice.runtime.asr import WhisperAsr
+
+    from edgevoice.backends.ort import OrtRunner
+    from edgevoice.recipes.cascade.whisper import TOKENIZER_FILE, whisper_components
+    from edgevoice.runtime.cascade.asr import WhisperAsr
 
     directory = onnx_dir or Path(tempfile.mkdtemp(prefix="asr_bench_"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -113,7 +114,7 @@ def main() -> None:
 
     from faster_whisper import WhisperModel
 
-    from edgevoice.recipes.whisper import packaged_model_dir
+    from edgevoice.recipes.cascade.whisper import packaged_model_dir
 
     start = time.perf_counter()
     ours = build_ours(args.onnx_dir, args.threads)

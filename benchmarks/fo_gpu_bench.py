@@ -47,7 +47,6 @@ sys.path.insert(0, str(HERE))  # the helper modules beside this file
 sys.path.append(str(HERE.parent))  # the checkout, when the package is not installed (an install wins)
 
 import torch  # noqa: E402
-
 from fo_gpu_bench_device import build_stack, copy_bandwidth, parameter_counts, section  # noqa: E402
 from fo_gpu_bench_parity import QUICK_COMPONENTS, tiny_parity  # noqa: E402
 from fo_gpu_bench_steps import measure_steps  # noqa: E402
@@ -168,7 +167,7 @@ class Run:
 
 
 def first_window_tokens_for(stack) -> int:
-    from edgevoice.runtime.speech_tokens import CodecStreamConfig
+    from edgevoice.runtime.freeze_omni.speech_tokens import CodecStreamConfig
 
     return first_window_tokens(CodecStreamConfig(hop=stack.speech.codec.config.hop, first_chunk=SERVER_FIRST_CHUNK))
 

@@ -18,12 +18,12 @@ from typing import Any, Callable
 
 import torch
 
-from edgevoice.models.fo_speech_decoder import speech_decoder_steps
-from edgevoice.models.fo_state_head import ListenLlmStep
+from edgevoice.models.freeze_omni.speech_decoder import speech_decoder_steps
+from edgevoice.models.freeze_omni.state_head import ListenLlmStep
 from edgevoice.models.llm import LlmStep
 from edgevoice.modules.rope import RotaryEmbedding
-from edgevoice.recipes.fo_listen import FULL_LISTEN, TINY_LISTEN, random_listen
-from edgevoice.recipes.fo_speech import PUBLISHED_SPEECH, TINY_SPEECH, random_speech
+from edgevoice.recipes.freeze_omni.listen import FULL_LISTEN, TINY_LISTEN, random_listen
+from edgevoice.recipes.freeze_omni.speech import PUBLISHED_SPEECH, TINY_SPEECH, random_speech
 
 SPEECH_TOKEN_CAPACITY = 1000  # the reference's max_tokens per segment: sizes the decoder's AR cache rows
 CODEC_MAX_TOKENS = 60  # the largest FIFO window (10 + 40 + 10)

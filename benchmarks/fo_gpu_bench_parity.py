@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from fo_gpu_bench_device import section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,8 +30,8 @@ ORT_THREADS = min(4, os.cpu_count() or 1)
 
 
 def tiny_components() -> list:
-    from edgevoice.recipes.fo_listen import TINY_LISTEN, listen_components, random_listen
-    from edgevoice.recipes.fo_speech import TINY_SPEECH, random_speech, speech_components
+    from edgevoice.recipes.freeze_omni.listen import TINY_LISTEN, listen_components, random_listen
+    from edgevoice.recipes.freeze_omni.speech import TINY_SPEECH, random_speech, speech_components
 
     listen = random_listen(TINY_LISTEN, seed=0)
     speech = random_speech(TINY_SPEECH, seed=0, max_prefix_rows=64, max_text_rows=64, max_speech_tokens=128)

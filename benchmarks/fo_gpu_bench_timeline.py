@@ -12,7 +12,7 @@ The stages are those of the paper's latency table, each reported as the time sin
    896), then the text decoder + first AR pass over the embedded segment tokens. The segment's
    own ids stand in for the re-tokenized text (same count of rows).
 3. first speech-token chunk: SOS, then one AR step per codec token until the codec FIFO
-   (``edgevoice.runtime.speech_tokens.CodecTokenFifo``) hands out its first window: the server's
+   (``edgevoice.runtime.freeze_omni.speech_tokens.CodecTokenFifo``) hands out its first window: the server's
    first chunk of 20 tokens plus 10 look-ahead (``checkpoints/server.json``). Greedy over codec
    ids, so random weights never stop early on EOS.
 4. first PCM: the codec on that window, copied to the host and trimmed to the emitted chunk.
@@ -29,8 +29,6 @@ import time
 
 import numpy as np
 import torch
-
-from edgevoice.runtime.speech_tokens import CodecStreamConfig, CodecTokenFifo
 from fo_gpu_bench_device import (
     FoStack,
     LlmSession,
@@ -44,6 +42,8 @@ from fo_gpu_bench_device import (
     synchronize,
     weight_bytes,
 )
+
+from edgevoice.runtime.freeze_omni.speech_tokens import CodecStreamConfig, CodecTokenFifo
 
 SERVER_FIRST_CHUNK = 20  # checkpoints/server.json decoder_first_chunk_size
 STAGES = ("first_text_chunk", "speech_decoder_prefill", "first_speech_token_chunk", "first_pcm")

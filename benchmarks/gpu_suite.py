@@ -121,12 +121,12 @@ def package_source(package: Path, names: list[str] | None):
 def random_source(workdir: Path, names: list[str] | None, quick: bool):
     """The cascade's architectures with seeded random weights, exported to ONNX in ``workdir``."""
     import torch
-
     from edgevoice.export.to_onnx import export_onnx
+
     from edgevoice.manifest import SCHEMA_VERSION, Manifest
     from edgevoice.models.llm import LlmConfig, LlmModel, LlmStep
     from edgevoice.models.vad import SileroVad, VadConfig
-    from edgevoice.models.whisper import Whisper, WhisperDecoderStep, WhisperEncoderStep
+    from edgevoice.models.whisper.model import Whisper, WhisperDecoderStep, WhisperEncoderStep
     from edgevoice.recipes.base import RecipeComponent
 
     torch.manual_seed(0)

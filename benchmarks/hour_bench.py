@@ -28,8 +28,8 @@ from conftest import espeak  # noqa: E402  (espeak-ng speech, as the tests use)
 from edgevoice.audio.io import FileIO  # noqa: E402
 from edgevoice.audio.timeline import Timeline  # noqa: E402
 from edgevoice.runtime import events as ev  # noqa: E402
-from edgevoice.runtime.pipelines.cascade import CascadePipeline  # noqa: E402
-from edgevoice.runtime.session import DuplexSession, SessionOptions  # noqa: E402
+from edgevoice.runtime.cascade.pipeline import CascadePipeline  # noqa: E402
+from edgevoice.runtime.cascade.session import DuplexSession, SessionOptions  # noqa: E402
 
 RATE = 16000
 QUESTIONS = ("What is the capital of France?", "Can you tell me a fun fact about cats?", "How many legs does a spider have?")

@@ -99,9 +99,9 @@ def best_of(fn, repeats: int = REPEATS):
 def open_voice(name: str, threads: int, workdir: Path):
     """(voice, export seconds, load seconds) for "joe" (Piper) or "kokoro" (Kokoro-82M float)."""
     from edgevoice.backends.ort import OrtRunner
-    from edgevoice.recipes.voices import voice_choice
-    from edgevoice.runtime.kokoro import KokoroVoice
-    from edgevoice.runtime.tts import PiperVoice
+    from edgevoice.recipes.cascade.voices import voice_choice
+    from edgevoice.runtime.cascade.kokoro import KokoroVoice
+    from edgevoice.runtime.cascade.tts import PiperVoice
 
     start = time.perf_counter()
     component = voice_choice(name).build(workdir, False)
@@ -117,7 +117,7 @@ def open_voice(name: str, threads: int, workdir: Path):
 
 
 def bench_edgevoice(threads: int, workdir: Path, voice_name: str = "joe") -> tuple[dict, object]:
-    from edgevoice.runtime.tts import SynthesisOptions
+    from edgevoice.runtime.cascade.tts import SynthesisOptions
 
     voice, export_s, load_s = open_voice(voice_name, threads, workdir)
     cold_s, _ = best_of(lambda: voice.session(seed=0).synthesize(SENTENCES[0]), repeats=1)
@@ -160,7 +160,7 @@ def bench_piper(python: str, threads: int, workdir: Path) -> dict:
 
 def compare_with_piper(voice, piper: dict) -> dict:
     """Are our ids Piper's, and how close is our zero-noise audio to piper-tts's?"""
-    from edgevoice.runtime.tts import SynthesisOptions, normalize_text, phoneme_ids, split_phrases
+    from edgevoice.runtime.cascade.tts import SynthesisOptions, normalize_text, phoneme_ids, split_phrases
 
     same_ids, max_abs = {}, {}
     quiet = SynthesisOptions(noise_scale=0.0, noise_w=0.0)

@@ -42,7 +42,7 @@ def main() -> None:
 
     import onnxruntime
 
-    from edgevoice.runtime.pipelines.cascade import CascadePipeline
+    from edgevoice.runtime.cascade.pipeline import CascadePipeline
 
     turns = []
     for question in QUESTIONS:

@@ -38,7 +38,7 @@ def talk(
 ) -> None:
     """Talk with the agent: live on the sound devices, or through a recorded conversation (--input/--output)."""
     from edgevoice.runtime.agent import Agent
-    from edgevoice.runtime.session import SessionOptions
+    from edgevoice.runtime.cascade.session import SessionOptions
 
     if (input is None) != (output is None):
         raise EdgevoiceError("file mode needs both --input RECORDING.wav and --output REPLY.wav (or neither, to talk live)")

@@ -247,7 +247,7 @@ def bench_turn(manifest: Manifest, config: BenchConfig, wav: Path = QUESTION_WAV
     """One spoken turn through the runtime (after one untimed turn): end of speech -> first audio."""
     import soundfile
 
-    from edgevoice.runtime.pipelines.cascade import CascadePipeline
+    from edgevoice.runtime.cascade.pipeline import CascadePipeline
 
     if config.backend == "torch":
         return {"input": str(wav), "error": "not run: the cascade runtime runs engines only (--backend ort or trt)"}
@@ -261,7 +261,6 @@ def bench_turn(manifest: Manifest, config: BenchConfig, wav: Path = QUESTION_WAV
 
 def environment() -> dict[str, Any]:
     import os
-
     from importlib import metadata
 
     versions = {"python": platform.python_version(), "numpy": np.__version__}

@@ -13,12 +13,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from edgevoice import __version__
-from edgevoice.errors import EdgevoiceError
 from edgevoice.export.budget import check_memory
 from edgevoice.export.build_script import write_build_script
 from edgevoice.export.to_onnx import export_onnx, with_precision
 from edgevoice.export.trt_check import check_trt_compatibility
+
+from edgevoice import __version__
+from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, DimRange, Manifest, file_record, write_manifest
 from edgevoice.recipes import load_recipe
 from edgevoice.recipes.base import Recipe
@@ -180,7 +181,7 @@ def _recipe_options(model: str, voice: str | None, weights: str | Path | None = 
         return options
     if model != "cascade":
         raise EdgevoiceError(f"--voice applies to the cascade, not to '{model}'")
-    from edgevoice.recipes.voices import voice_choice
+    from edgevoice.recipes.cascade.voices import voice_choice
 
     voice_choice(voice)  # unknown voice: fail before any work
     return {**options, "voice": voice}
@@ -206,7 +207,7 @@ def _check_llm_memory(model: str, options: dict, profile: TargetProfile, precisi
     """Refuse a target the LLM alone cannot fit before reading gigabytes of weights."""
     if model != "freeze-omni":
         return
-    from edgevoice.recipes.freeze_omni import llm_shapes
+    from edgevoice.recipes.freeze_omni.recipe import llm_shapes
 
     say("checking the LLM's memory budget")
     check_memory(llm_shapes(options["llm"]), profile, precision, f"freeze-omni's LLM alone ({options['llm']})")
@@ -241,7 +242,7 @@ def _same_weight_files(manifest: Manifest, options: dict) -> bool:
     """Whether the package was made from these weight folders, whose files are unchanged (names, sizes, times)."""
     if "weights" not in options:
         return True
-    from edgevoice.recipes.freeze_omni import weights_stamp
+    from edgevoice.recipes.freeze_omni.recipe import weights_stamp
 
     made_from = manifest.config.get("checkpoint", {})
     return (made_from.get("weights"), made_from.get("llm")) == (options["weights"], options["llm"]) and (

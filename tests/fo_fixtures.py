@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_FIXTURES
 
 ENV_VAR = "EDGEVOICE_FREEZE_OMNI_FIXTURES"
@@ -88,7 +87,7 @@ def load_set(root: Path | None) -> FixtureSet:
 @functools.lru_cache(maxsize=None)
 def load_listen_of(root: Path | None):
     """The set's listen path, with an LLM cache just long enough for its whole listen replay."""
-    from edgevoice.weights.freeze_omni_audiollm import load_listen
+    from edgevoice.weights.freeze_omni.audiollm import load_listen
 
     fixture = load_set(root)
     needed = fixture.meta["listen"]["chunks"][-1]["llm_kv_len_out"]

@@ -109,8 +109,9 @@ def test_bound_speech_steps_equal_teacher_forcing(tiny_stack):
 
 
 def test_first_codec_window_follows_the_fifo():
-    from edgevoice.runtime.speech_tokens import CodecStreamConfig
     from fo_gpu_bench_timeline import SERVER_FIRST_CHUNK, first_window_tokens
+
+    from edgevoice.runtime.freeze_omni.speech_tokens import CodecStreamConfig
 
     assert first_window_tokens(CodecStreamConfig(first_chunk=SERVER_FIRST_CHUNK)) == 30  # server.json: 20 + 10
     assert first_window_tokens(CodecStreamConfig()) == 50  # inference.py: 40 + 10

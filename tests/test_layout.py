@@ -156,7 +156,7 @@ EXPECTED_PATHS = [
     "pyproject.toml", "README.md", ".ci/run",
     "edgevoice/errors.py", "edgevoice/streaming.py", "edgevoice/manifest.py", "edgevoice/targets.py",
     "edgevoice/modules", "edgevoice/models", "edgevoice/weights", "edgevoice/recipes",
-    "edgevoice/backends", "edgevoice/audio", "edgevoice/runtime", "edgevoice/runtime/pipelines",
+    "edgevoice/backends", "edgevoice/audio", "edgevoice/runtime",
     "export", "cli", "hw", "engines/README.md", "tests",
 ]
 
@@ -164,6 +164,52 @@ EXPECTED_PATHS = [
 @pytest.mark.parametrize("relative", EXPECTED_PATHS)
 def test_design_layout_exists(relative):
     assert (REPO / relative).exists(), f"{relative} (DESIGN.md section 3) is missing"
+
+
+# A family is one folder per layer (DESIGN.md section 3): these are the rooms a newcomer looks in.
+FAMILY_ROOMS = [
+    "edgevoice/models/whisper", "edgevoice/models/freeze_omni",
+    "edgevoice/weights/whisper", "edgevoice/weights/llm", "edgevoice/weights/freeze_omni",
+    "edgevoice/recipes/cascade", "edgevoice/recipes/freeze_omni",
+    "edgevoice/runtime/cascade", "edgevoice/runtime/freeze_omni",
+]
+RUNTIME_FAMILIES = ("cascade", "freeze_omni")
+# File-name prefixes that would say a family instead of a folder saying it.
+FAMILY_PREFIXES = ("fo_", "freeze_omni_", "vn_", "vocalnet_", "cascade_", "whisper_", "kokoro_")
+LAYERS = ("edgevoice/models", "edgevoice/weights", "edgevoice/recipes", "edgevoice/runtime")
+
+
+@pytest.mark.parametrize("relative", FAMILY_ROOMS)
+def test_family_room_is_a_package(relative):
+    assert (REPO / relative / "__init__.py").is_file(), f"{relative}/__init__.py is missing"
+
+
+def test_no_family_prefix_in_layer_file_names():
+    # A family's files sit in its folder (runtime/freeze_omni/session.py), never as prefixed
+    # siblings (runtime/fo_session.py). Inside a family folder a file may repeat its parts' words.
+    found = []
+    for layer in LAYERS:
+        for path in python_files(layer):
+            if path.name.startswith(FAMILY_PREFIXES) and path.parent == REPO / layer:
+                found.append(str(path.relative_to(REPO)))
+    assert_none(found, "a family's files go in its folder, not behind a file-name prefix")
+
+
+@pytest.mark.parametrize("family", RUNTIME_FAMILIES)
+def test_runtime_families_never_import_each_other(family):
+    others = tuple(f"edgevoice.runtime.{other}" for other in RUNTIME_FAMILIES if other != family)
+    found = violations((f"edgevoice/runtime/{family}",), others)
+    assert_none(found, f"runtime/{family} must not import another family's runtime (share through runtime/)")
+
+
+def test_shared_runtime_imports_no_family_but_the_agent():
+    # What every recipe shares lives at the top of runtime/; only the Agent picks a family's
+    # session from the manifest's recipe.
+    families = tuple(f"edgevoice.runtime.{family}" for family in RUNTIME_FAMILIES)
+    shared = [p for p in python_files("edgevoice/runtime") if p.parent == REPO / "edgevoice/runtime"]
+    found = [line for line in violations(tuple(str(p.relative_to(REPO)) for p in shared), families)
+             if not line.startswith("edgevoice/runtime/agent.py")]
+    assert_none(found, "shared runtime modules must not depend on one family")
 
 
 def test_engines_folder_tracks_only_its_readme():

@@ -1,7 +1,7 @@
 """Rotary position embedding in the Hugging Face "rotate half" layout.
 
 GGUF files store Llama q/k projections permuted for llama.cpp's interleaved rotation; our
-loaders undo that permutation (see ``edgevoice.weights.gguf``), so one rotation serves weights
+loaders undo that permutation (see ``edgevoice.weights.llm.gguf``), so one rotation serves weights
 from GGUF and from Hugging Face directories alike.
 
 cos/sin are computed in the graph from the absolute positions, not looked up in a table: the

@@ -11,9 +11,9 @@ from edgevoice.errors import EdgevoiceError
 
 # model name -> module with a ``recipe(sample_rate=...)`` function
 RECIPES = {
-    "cascade": "edgevoice.recipes.cascade",
+    "cascade": "edgevoice.recipes.cascade.recipe",
     "silero-vad": "edgevoice.recipes.silero_vad",
-    "freeze-omni": "edgevoice.recipes.freeze_omni",
+    "freeze-omni": "edgevoice.recipes.freeze_omni.recipe",
     "tiny": "edgevoice.recipes.tiny",
 }
 

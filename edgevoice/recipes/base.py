@@ -44,5 +44,5 @@ class Recipe:
     upstream_atol: float = 1e-4
     # Components whose graph is imported rather than exported from torch (e.g. a Piper voice):
     # builders called as build(out_dir, verify) that write their ONNX and describe it
-    # (see recipes/piper.py: ImportedOnnxComponent).
+    # (see recipes/cascade/piper.py: ImportedOnnxComponent).
     imported: list[Callable[[Path, bool], Any]] = field(default_factory=list)

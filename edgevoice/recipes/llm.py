@@ -25,8 +25,8 @@ import numpy as np
 from edgevoice.errors import EdgevoiceError
 from edgevoice.models.llm import LlmModel, LlmStep
 from edgevoice.recipes.base import RecipeComponent
-from edgevoice.weights import gguf as gguf_weights
-from edgevoice.weights.hf_llama import load_llm_hf
+from edgevoice.weights.llm import gguf as gguf_weights
+from edgevoice.weights.llm.hf import load_llm_hf
 from edgevoice.weights.packages import package_file
 from edgevoice.weights.strict import load_state_strict
 

@@ -13,9 +13,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 from edgevoice.recipes.base import Recipe
-from edgevoice.recipes.fo_listen import RANDOM_LICENSE
-from edgevoice.recipes.freeze_omni import TINY, FreezeOmniDims, assemble, random_freeze_omni
-from edgevoice.weights.freeze_omni_audiollm import RESPONSE_PREFIX, SYSTEM_PREFIX, TURN_PREFIX_AFTER_EOD, FoListen, FoPrompt
+from edgevoice.recipes.freeze_omni.listen import RANDOM_LICENSE
+from edgevoice.recipes.freeze_omni.recipe import TINY, FreezeOmniDims, assemble, random_freeze_omni
+from edgevoice.weights.freeze_omni.audiollm import (
+    RESPONSE_PREFIX,
+    SYSTEM_PREFIX,
+    TURN_PREFIX_AFTER_EOD,
+    FoListen,
+    FoPrompt,
+)
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 EOD_TOKEN = "<|im_end|>"  # Freeze-Omni's eod id is Qwen2's <|im_end|>

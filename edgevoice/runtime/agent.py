@@ -29,12 +29,12 @@ from edgevoice.audio.io import AudioIO, FileIO
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import read_manifest
 from edgevoice.runtime import events as ev
+from edgevoice.runtime.cascade.pipeline import DEFAULT_SYSTEM_PROMPT, CascadePipeline
+from edgevoice.runtime.cascade.session import DuplexSession, SessionOptions
 from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
-from edgevoice.runtime.pipelines.cascade import DEFAULT_SYSTEM_PROMPT, CascadePipeline
-from edgevoice.runtime.session import DuplexSession, SessionOptions
 from edgevoice.runtime.tools import Tool, ToolRunner
 
-FREEZE_OMNI_RECIPES = ("freeze-omni", "tiny")  # packages whose glue is runtime/pipelines/freeze_omni.py
+FREEZE_OMNI_RECIPES = ("freeze-omni", "tiny")  # packages whose glue is runtime/freeze_omni/pipeline.py
 
 
 class Agent:
@@ -50,7 +50,7 @@ class Agent:
                                             system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT, seed=seed)
             self.mic_rate, self.speaker_rate = self.pipeline.vad.sample_rate, self.pipeline.voice.sample_rate
         elif self.recipe in FREEZE_OMNI_RECIPES:
-            from edgevoice.runtime.pipelines.freeze_omni import FreezeOmniPipeline
+            from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 
             self.pipeline = FreezeOmniPipeline(manifest, backend=backend, device=device, system_prompt=system_prompt,
                                                max_new_tokens=max_new_tokens)
@@ -182,7 +182,7 @@ class Agent:
         return session
 
     def _freeze_omni_session(self, io: AudioIO, threaded: bool):
-        from edgevoice.runtime.fo_session import FoSessionOptions, FreezeOmniSession
+        from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
 
         if self._tools:
             raise EdgevoiceError("tools are not wired into the freeze-omni recipe yet; use a cascade package for tools")

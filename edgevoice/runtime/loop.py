@@ -2,8 +2,8 @@
 
 One ``step`` reads a frame of microphone audio with what the speaker played in the same instant
 (position-aligned), cancels the echo, hands the cleaned frame to the recipe's ``_listen``, lets the
-recipe move its other stages along (``_tick``: speaker feed, finished jobs, tool results), and
-reports audio problems as events. It never waits for a model: inference runs on the stages'
+recipe move its other stages along (``_tick``: finished jobs, tool results, and the speaker feed
+this class implements), and reports audio problems as events. It never waits for a model: inference runs on the stages'
 workers, and the AudioIO's callback only copies between rings.
 """
 
@@ -14,16 +14,30 @@ import numpy as np
 from edgevoice.audio.io import AudioIO, read_aligned
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import Event, EventBus
+from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.turns import TurnPolicy
 
 CLIP_WARNING_EVERY_S = 10.0  # a clipping microphone is reported at most this often
 
 
 class ListenLoop:
-    """Echo-cancelled frames in, events out; subclasses implement ``_listen`` and ``_tick``."""
+    """Echo-cancelled frames in, events out, reply audio to the speaker.
 
-    def __init__(self, io: AudioIO, frame: int, echo_cancellation: bool, events: EventBus | None):
+    Subclasses implement ``_listen`` and ``_tick``, set ``policy`` and put the reply that holds the
+    floor in ``_current``; ``_feed_speaker`` plays it.
+    """
+
+    policy: TurnPolicy
+
+    def __init__(self, io: AudioIO, frame: int, echo_cancellation: bool, events: EventBus | None,
+                 speaker_lead_s: float):
         self.io, self.frame = io, frame
         self.events = events or EventBus()
+        self._speaker_lead = int(speaker_lead_s * io.speaker_rate)  # reply samples queued ahead of the speaker
+        self._current: Generation | None = None  # the reply that holds (or will get) the floor
+        self._speaking = False  # the current reply has started playing
+        self.reply_gaps = 0  # times the speaker ran dry in the middle of a reply (synthesis fell behind)
+        self._in_gap = False
         self.turn = 0  # index of the current user turn
         self.level = 0.0  # RMS of the last cleaned frame (the live view's meter)
         self._echo = None
@@ -67,6 +81,50 @@ class ListenLoop:
     def _tick(self) -> None:
         raise NotImplementedError
 
+    # --- speak -----------------------------------------------------------------------------------
+
+    def _feed_speaker(self) -> None:
+        """Keep the speaker ring topped up from the current reply; finish it once all was played."""
+        gen = self._current
+        if gen is None or self.policy.paused or not gen.released.is_set():
+            return
+        if gen.done.is_set() and gen.reply.exhausted:
+            if self.io.speaker.readable == 0:
+                self._finish_reply(gen)
+            return
+        room = self._speaker_lead - self.io.speaker.readable
+        if room <= 0:
+            return
+        chunk = gen.reply.take(room)
+        self._track_gap(starved=self._speaking and self.io.speaker.readable == 0 and not chunk.size)
+        if not chunk.size:
+            return
+        if not self._speaking:
+            self._speaking = True
+            self.policy.agent_started_speaking()
+            self._first_audio()
+        self.io.speaker.write(chunk)
+
+    def _track_gap(self, starved: bool) -> None:
+        """A gap in the agent's speech (its audio not ready in time) is an xrun the listener hears."""
+        if starved and not self._in_gap:
+            self.reply_gaps += 1
+            self._emit(ev.XRUN, kind="reply_gap")
+        self._in_gap = starved
+
+    def _finish_reply(self, gen: Generation) -> None:
+        self._current = None
+        self.policy.agent_finished()
+        if self._speaking:
+            self._agent_done(gen)
+        self._speaking = False
+
+    def _first_audio(self) -> None:
+        self._emit(ev.FIRST_AUDIO)
+
+    def _agent_done(self, gen: Generation) -> None:
+        self._emit(ev.AGENT_DONE)
+
     # --- audio -----------------------------------------------------------------------------------
 
     def _cancel_echo(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -87,6 +145,7 @@ class ListenLoop:
             "session_seconds": self.io.clock.now(),
             "replies": len(self.events.history(ev.AGENT_DONE)),
             "barge_ins": len(self.events.history(ev.CANCEL_DONE)),
+            "reply_gaps": self.reply_gaps,
             **self._recipe_summary(),
             **self.audio_summary(),
         }

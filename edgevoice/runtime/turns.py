@@ -60,15 +60,43 @@ class TurnOptions:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-class VadTurnPolicy:
-    """Turn-taking from VAD probability and signal level."""
+class TurnPolicy:
+    """Who holds the floor, and what the agent did with it: what every policy shares.
 
-    def __init__(self, options: TurnOptions = TurnOptions()):
-        self.options = options
+    Each policy adds only its evidence of the user's turn (VAD probabilities, the turn-state head)
+    and the decisions it draws from it; the session reports the agent's side through these methods.
+    """
+
+    def __init__(self) -> None:
         self.state = TurnState.LISTENING
         self.paused = False  # the agent's audio is paused pending a barge-in decision
         self.speech_start: float | None = None  # onset of the current user speech
         self.last_speech: float | None = None  # time of the last speech frame
+
+    def agent_started_speaking(self) -> None:
+        if self.state is TurnState.THINKING:
+            self.state = TurnState.SPEAKING
+
+    def agent_takes_floor(self) -> None:
+        """The agent speaks unprompted (a tool's result arrived while everyone was quiet)."""
+        if self.state is TurnState.LISTENING:
+            self.state = TurnState.THINKING
+
+    def agent_finished(self) -> None:
+        if self.state in (TurnState.THINKING, TurnState.SPEAKING) and not self.paused:
+            self.state = self._floor_freed()
+
+    def _floor_freed(self) -> TurnState:
+        """The state once the agent's reply is over (a policy still hearing the user says so)."""
+        return TurnState.LISTENING
+
+
+class VadTurnPolicy(TurnPolicy):
+    """Turn-taking from VAD probability and signal level."""
+
+    def __init__(self, options: TurnOptions = TurnOptions()):
+        super().__init__()
+        self.options = options
         self._run_start: float | None = None  # start of the current run of speech frames
         self._onset_reported = False  # the current run already produced its onset decision
 
@@ -81,20 +109,6 @@ class VadTurnPolicy:
         if self.state is TurnState.USER_SPEAKING:
             return self._user_speaking(time, speech)
         return self._agent_has_floor(time, speech, onset)
-
-    # The session reports what the agent did:
-    def agent_started_speaking(self) -> None:
-        if self.state is TurnState.THINKING:
-            self.state = TurnState.SPEAKING
-
-    def agent_takes_floor(self) -> None:
-        """The agent speaks unprompted (a tool's result arrived while everyone was quiet)."""
-        if self.state is TurnState.LISTENING:
-            self.state = TurnState.THINKING
-
-    def agent_finished(self) -> None:
-        if self.state in (TurnState.THINKING, TurnState.SPEAKING) and not self.paused:
-            self.state = TurnState.LISTENING
 
     def _track_onset(self, time: float, speech: bool) -> bool:
         """True once per run of speech, when it has lasted ``onset_ms``."""

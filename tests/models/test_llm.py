@@ -11,8 +11,8 @@ import torch
 from edgevoice.errors import EdgevoiceError
 from edgevoice.models.llm import LlmConfig, LlmModel, LlmStep
 from edgevoice.recipes.llm import GGUF_NAME, load_llm, smollm2_gguf_path
-from edgevoice.weights import gguf as gguf_weights
-from edgevoice.weights.hf_llama import load_llm_hf, save_hf_directory
+from edgevoice.weights.llm import gguf as gguf_weights
+from edgevoice.weights.llm.hf import load_llm_hf, save_hf_directory
 
 gguf = pytest.importorskip("gguf")
 

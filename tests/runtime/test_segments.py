@@ -51,7 +51,7 @@ def test_bad_options(kwargs):
 
 
 def test_reply_phrases_cut_for_speech():
-    from edgevoice.runtime.pipelines.cascade import phrase_cut
+    from edgevoice.runtime.cascade.pipeline import phrase_cut
 
     assert phrase_cut("The capital of France is Paris.", 0) == len("The capital of France is Paris.")
     assert phrase_cut("Yes. It is", 0) == 0  # too short to speak alone
@@ -60,7 +60,7 @@ def test_reply_phrases_cut_for_speech():
 
 
 def test_a_long_first_sentence_starts_sounding_after_a_few_words():
-    from edgevoice.runtime.pipelines.cascade import FIRST_PHRASE_WORDS, phrase_cut
+    from edgevoice.runtime.cascade.pipeline import FIRST_PHRASE_WORDS, phrase_cut
 
     text = "The largest planet in the solar system is Jupiter"
     words = text.split()

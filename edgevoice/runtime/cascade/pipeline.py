@@ -1,0 +1,198 @@
+"""The `cascade` package at run time: one spoken turn, VAD -> Whisper -> SmolLM2 -> Piper.
+
+Engines only (numpy + onnxruntime/TensorRT); no torch. The reply is synthesized phrase by phrase
+as the language model writes it, so the first audio is ready after the first phrase, not after
+the whole reply — that is the latency a listener feels.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgevoice.audio.wav import validate_pcm
+from edgevoice.manifest import Manifest, read_manifest
+from edgevoice.runtime.cascade.asr import WhisperAsr
+from edgevoice.runtime.cascade.voices import open_voice
+from edgevoice.runtime.llm import LlmSession, SamplingConfig
+from edgevoice.runtime.segments import SpeechSegment
+from edgevoice.runtime.vad import VadPipeline
+
+RECIPE = "cascade"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Answer in one or two short, plain sentences, "
+    "without lists or markdown."
+)
+_PHRASE_END = re.compile(r"[.!?;:]\s|[.!?]$")
+_CLAUSE_END = re.compile(r",\s")
+_MIN_PHRASE_CHARS = 12  # do not speak "Yes." alone when more is coming at once
+_MIN_FIRST_CLAUSE_CHARS = 20  # the first audio may start at a comma: a listener waits for it
+# ... or, in a long first sentence, after this many whole words: the voice starts ~0.4 s sooner on
+# 2 CPU cores (fewer tokens to wait for, a shorter phrase to synthesize) at the price of a slight
+# pitch fall mid-sentence; later phrases keep sentence boundaries.
+FIRST_PHRASE_WORDS = 6
+_FIRST_WORDS = re.compile(r"\s*(?:\S+\s+){%d}" % FIRST_PHRASE_WORDS)
+SPEECH_MARGIN_S = 0.2  # audio kept around the detected speech, so word edges survive
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """What one spoken turn produced, with per-stage timings in seconds (wall clock)."""
+
+    transcript: str  # what the user said, as our ASR heard it ("" when no speech was found)
+    reply: str  # what the agent answered
+    audio: np.ndarray  # the spoken reply, mono float32
+    sample_rate: int  # of ``audio``
+    speech: tuple[SpeechSegment, ...]  # where the user spoke in the input
+    latency: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # defined outcomes worth telling the user (no speech, truncated reply)
+
+
+class CascadePipeline:
+    """Loads a cascade package once; ``respond`` runs one turn and keeps the conversation."""
+
+    def __init__(
+        self,
+        package: str | Path | Manifest,
+        backend: str = "ort",
+        device: str = "cpu",
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        max_new_tokens: int = 64,
+        seed: int = 0,
+        recap_turns: int = 0,
+    ):
+        manifest = package if isinstance(package, Manifest) else read_manifest(package, recipe=RECIPE)
+        self.manifest = manifest
+        self.vad = VadPipeline(manifest, backend=backend, device=device)
+        self.asr = WhisperAsr.from_manifest(manifest, backend=backend, device=device)
+        self.llm = LlmSession.from_manifest(manifest, backend=backend, device=device)
+        self.voice = open_voice(manifest, backend=backend, device=device)
+        self.tts = self.voice.session(seed=seed)
+        self.system_prompt = system_prompt
+        self.max_new_tokens = max_new_tokens
+        self.sampling = SamplingConfig(seed=seed)
+        self.history: list[dict[str, str]] = []  # user/assistant messages of earlier turns
+        self.recap_turns = recap_turns
+
+    def respond(self, audio: np.ndarray, sample_rate: int) -> TurnResult:
+        """One turn: find the speech in ``audio``, transcribe it, answer it, speak the answer.
+
+        ``audio`` may be (N,) or (N, channels) at any rate: it is mixed down and resampled to the
+        models' 16 kHz first.
+        """
+        pcm = self._to_model_rate(np.asarray(audio), sample_rate)
+        t0 = time.perf_counter()
+        segments = tuple(self.vad.segments(pcm, self.vad.sample_rate))
+        latency = {"vad": time.perf_counter() - t0}
+        if not segments:
+            return self._silent_turn(segments, latency, "no speech found in the input audio")
+        rate = self.vad.sample_rate
+        start = max(0, int((segments[0].start - SPEECH_MARGIN_S) * rate))
+        end = min(len(pcm), int((segments[-1].end + SPEECH_MARGIN_S) * rate))
+        t_end_of_speech = time.perf_counter()
+        transcript = self.asr.transcribe(pcm[start:end], rate).text.strip()
+        latency["asr"] = time.perf_counter() - t_end_of_speech
+        if not transcript:
+            return self._silent_turn(segments, latency, "speech was found but nothing could be transcribed")
+        reply, pieces, timing = self.answer(transcript, t_end_of_speech)
+        latency.update(timing)
+        notes = ("the reply was cut at the token limit",) if self.llm.finish_reason == "length" else ()
+        audio_out = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        return TurnResult(transcript, reply, audio_out, self.voice.sample_rate, segments, latency, notes)
+
+    def answer(self, transcript: str, t_end_of_speech: float | None = None) -> tuple[str, list[np.ndarray], dict[str, float]]:
+        """Reply text, its audio phrase by phrase, and stage timings (seconds after ``t_end_of_speech``,
+        a ``time.perf_counter()`` value; default now). The turn joins the conversation history."""
+        t_end_of_speech = time.perf_counter() if t_end_of_speech is None else t_end_of_speech
+        messages = self._messages(transcript)
+        timing: dict[str, float] = {}
+        text, spoken_upto, pieces = "", 0, []
+        t_llm = time.perf_counter()
+        for token in self.llm.generate(messages, max_new_tokens=self.max_new_tokens, sampling=self.sampling):
+            timing.setdefault("first_token", time.perf_counter() - t_end_of_speech)
+            text += token.text
+            cut = phrase_cut(text, spoken_upto, first=not pieces)
+            if cut:
+                pieces += self._speak(text[spoken_upto:cut], timing, t_end_of_speech)
+                spoken_upto = cut
+        timing["llm"] = time.perf_counter() - t_llm
+        pieces += self._speak(text[spoken_upto:], timing, t_end_of_speech)
+        reply = text.strip()
+        self.history += [{"role": "user", "content": transcript}, {"role": "assistant", "content": reply}]
+        timing["total"] = time.perf_counter() - t_end_of_speech
+        return reply, pieces, timing
+
+    def _speak(self, phrase: str, timing: dict[str, float], t_end_of_speech: float) -> list[np.ndarray]:
+        if not phrase.strip():
+            return []
+        t = time.perf_counter()
+        pieces = [p for p in self.tts.stream(phrase) if p.size]
+        timing["tts"] = timing.get("tts", 0.0) + time.perf_counter() - t
+        if pieces and "first_audio" not in timing:
+            timing["first_audio"] = time.perf_counter() - t_end_of_speech
+        return pieces
+
+    def _to_model_rate(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        from edgevoice.audio.resample import mixdown, resample
+
+        if audio.ndim == 2:
+            audio = mixdown(audio.astype(np.float32, copy=False))
+        rate = self.vad.sample_rate
+        if sample_rate != rate and audio.size:
+            validate_pcm(audio, sample_rate, sample_rate)  # NaN/inf and empty input fail before resampling
+            audio, sample_rate = resample(audio, sample_rate, rate), rate
+        return validate_pcm(audio, sample_rate, rate)
+
+    def _messages(self, transcript: str) -> list[dict[str, str]]:
+        return prompt_messages(self.system_prompt, [*self.history, {"role": "user", "content": transcript}], self.recap_turns)
+
+    def _silent_turn(self, segments: Sequence[SpeechSegment], latency: dict[str, float], note: str) -> TurnResult:
+        return TurnResult("", "", np.zeros(0, np.float32), self.voice.sample_rate, tuple(segments), latency, (note,))
+
+
+def prompt_messages(system: str, history: list[dict[str, str]], recap_turns: int = 0) -> list[dict[str, str]]:
+    """The chat for the LLM: earlier exchanges recapped in the system message, the current one as chat.
+
+    The current exchange is the last user message and everything after it (the agent's words so
+    far, tool results). Small models such as SmolLM2-135M copy an earlier answer when earlier
+    turns are chat messages ("a fact about cats?" -> the capital of France again); told as a
+    recap they parrot less, but still do on the bundled conversation; hence ``recap_turns=0``
+    by default for that model (each question answered on its own, tool results and the reply
+    in progress still in the chat). Raise it for a larger model.
+    """
+    last_user = max((i for i, m in enumerate(history) if m["role"] == "user"), default=len(history))
+    earlier, current = history[:last_user], history[last_user:]
+    exchanges, question = [], None
+    for message in earlier:
+        if message["role"] == "user":
+            question = message["content"]
+        elif message["role"] == "assistant" and question is not None and message["content"].strip():
+            exchanges.append((question, message["content"]))
+            question = None
+    recap = "".join(f'\nEarlier the user asked: "{q}" and you answered: "{a}"' for q, a in exchanges[-recap_turns:]) \
+        if recap_turns > 0 else ""
+    return [{"role": "system", "content": system + ("\n" + recap if recap else "")}, *current]
+
+
+def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
+    """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet.
+
+    The first phrase may also end at a comma, or after ``FIRST_PHRASE_WORDS`` whole words, so the
+    reply starts sounding sooner.
+    """
+    for match in _PHRASE_END.finditer(text, spoken_upto):
+        if match.end() - spoken_upto >= _MIN_PHRASE_CHARS:
+            return match.end()
+    if first:
+        for match in _CLAUSE_END.finditer(text, spoken_upto):
+            if match.end() - spoken_upto >= _MIN_FIRST_CLAUSE_CHARS:
+                return match.end()
+        words = _FIRST_WORDS.match(text, spoken_upto)  # the next word has begun: these are whole
+        if words:
+            return words.end()
+    return 0

@@ -1,0 +1,263 @@
+"""A full-duplex conversation over an AudioIO: listen, think, speak and act at once.
+
+The **listen** loop (``step``, on the caller's thread) handles one 32 ms VAD frame at a time: read
+the microphone with what the speaker played in the same instant, cancel the echo, score speech,
+let the turn policy decide, hand work to the other stages, and keep the speaker ring topped up
+from the current reply. It never waits for a model: **think** (ASR + LLM) and **speak** (TTS) run
+as jobs on their own workers (``edgevoice.runtime.workers``), **act** (tools) in a thread pool.
+The AudioIO's callback only copies between rings.
+
+Think while listening (``SessionOptions.think_while_listening``): while the user speaks, partial
+transcripts prefill the LLM with the words that have settled, and once they fall silent for
+``speculate_after_ms`` the whole answer is prepared speculatively; when the endpoint confirms the
+turn it is released to the speaker, and if the user goes on it is cancelled without a trace.
+
+With ``threaded=False`` the jobs run inline: on a ``FileIO`` over an unpaced virtual clock the
+whole conversation is deterministic and faster than real time (compute takes no virtual time;
+its wall-clock cost is in the events' ``compute_s``). Threads pair with a device or a paced FileIO.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgevoice.audio.io import AudioIO
+from edgevoice.runtime import events as ev
+from edgevoice.runtime.cascade.pipeline import CascadePipeline
+from edgevoice.runtime.cascade.thinking import CascadeThinker
+from edgevoice.runtime.events import EventBus
+from edgevoice.runtime.loop import ListenLoop
+from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.tools import ToolOutcome, ToolRunner
+from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
+from edgevoice.runtime.workers import Worker
+
+USER_MARGIN_S = 0.3  # audio kept before the detected onset, so the first word is not clipped
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How the session listens, thinks and speaks."""
+
+    turn: TurnOptions = field(default_factory=TurnOptions)
+    echo_cancellation: bool = True  # clean the mic against what the speaker played (open speakers)
+    speaker_lead_s: float = 0.08  # reply audio kept queued ahead of the speaker: what a pause must drop
+    max_utterance_s: float = 28.0  # longer user speech is cut into turns (one Whisper window)
+    think_while_listening: bool = True  # partial transcripts prefill the LLM; answers start in the endpoint silence
+    partial_every_s: float = 1.0  # user speech between two partial transcripts
+    speculate_after_ms: float = 200.0  # silence after speech that starts a speculative answer
+    threaded: bool = True  # think and speak on worker threads (False: inline, deterministic on a virtual clock)
+
+    def __post_init__(self) -> None:
+        if self.speculate_after_ms >= self.turn.endpoint_silence_ms and self.think_while_listening:
+            raise ValueError("speculate_after_ms must be shorter than the endpoint silence, or nothing is gained")
+
+
+class DuplexSession(ListenLoop):
+    """One conversation with a cascade agent over ``io``."""
+
+    def __init__(self, agent: CascadePipeline, io: AudioIO, options: SessionOptions = SessionOptions(),
+                 events: EventBus | None = None, tools: ToolRunner | None = None):
+        # One frame is one VAD chunk: 512 samples at 16 kHz.
+        super().__init__(io, agent.vad.chunk_samples, options.echo_cancellation, events, options.speaker_lead_s)
+        self.agent, self.options = agent, options
+        self.policy = VadTurnPolicy(options.turn)
+        self._vad = agent.vad.runner.stream()
+        self._heard: list[np.ndarray] = []  # cleaned mic audio of the current user turn
+        self._history: list[np.ndarray] = []  # the last ~USER_MARGIN_S of audio before an onset
+        self._outcomes: queue.SimpleQueue[ToolOutcome] = queue.SimpleQueue()
+        self.tools = tools or ToolRunner(self._outcomes.put)
+        self._think = Worker("think", options.threaded, self._stage_failed)
+        self._speak = Worker("speak", options.threaded, self._stage_failed)
+        self._partials = Worker("partial", options.threaded, self._stage_failed)  # transcripts while the user speaks
+        self.thinker = CascadeThinker(agent, self._think, self._speak, self._emit_turn, io.speaker_rate, self.tools)
+        self._speculation: Generation | None = None  # an answer prepared before the endpoint
+        self._cancelled: list[tuple[Generation, int, int]] = []  # (reply, its turn, words kept) until its stages stop
+        self._tool_results_waiting = 0
+        self._last_partial_at = 0.0
+        if options.think_while_listening:
+            self._think.submit(self.thinker.warm_up)
+
+    # --- driving -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._act()
+        self._feed_speaker()
+        self._report_cancels()
+
+    @property
+    def idle(self) -> bool:
+        """Nobody holds the floor and no stage has work: no reply, no tool call in flight."""
+        return (self._current is None and self._speculation is None and not self._heard
+                and self.policy.state is TurnState.LISTENING and self._think.idle and self._speak.idle
+                and self._partials.idle
+                and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
+
+    def _recipe_summary(self) -> dict:
+        latencies = ev.turn_latencies(self.events.history())
+        first_audio = sorted(t[ev.FIRST_AUDIO] for t in latencies.values() if ev.FIRST_AUDIO in t)
+        return {
+            "tool_calls": len(self.events.history(ev.TOOL_CALL)),
+            "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
+        }
+
+    def close(self) -> None:
+        """Stop every stage: cancel the reply, end the workers, drop pending tool calls."""
+        for gen in (self._current, self._speculation):
+            if gen is not None:
+                gen.cancel()
+        self._partials.stop()
+        self._think.stop()
+        self._speak.stop()
+        self.tools.shutdown()
+
+    # --- listen --------------------------------------------------------------------------------
+
+    def _listen(self, frame: np.ndarray) -> None:
+        prob = float(self._vad({"chunk": frame[None]})["prob"].item())
+        now = self.io.clock.now()
+        decision = self.policy.update(now, prob, self.level)
+        self._keep_audio(frame, decision)
+        if decision is Decision.USER_STARTED:
+            self.turn += 1
+            self._last_partial_at = now
+            self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
+        elif decision is Decision.END_OF_TURN:
+            self._emit(ev.USER_SPEECH_END, speech_end=self.policy.last_speech)
+            self._take_turn()
+        elif decision is Decision.DISMISS:
+            self._drop_speculation()
+            self._heard.clear()
+        elif decision is Decision.PAUSE:
+            self._pause()
+        elif decision is Decision.RESUME:
+            self._emit(ev.BACKCHANNEL)
+            self._heard.clear()
+        elif decision is Decision.BARGE_IN:
+            self._barge_in()
+            self.turn += 1
+            self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
+        if self.policy.state is TurnState.USER_SPEAKING:
+            self._think_while_listening(now)
+
+    def _keep_audio(self, frame: np.ndarray, decision: Decision) -> None:
+        """Collect the user's speech: a little audio before the onset, everything after it."""
+        frame = frame.copy()  # the read buffer is reused by the next step
+        in_user_speech = self.policy.speech_start is not None and (
+            self.policy.state is TurnState.USER_SPEAKING or self.policy.paused
+        )
+        if in_user_speech or decision in (Decision.USER_STARTED, Decision.PAUSE, Decision.END_OF_TURN):
+            if not self._heard:
+                self._heard.extend(self._history)
+            self._heard.append(frame)
+        keep = max(1, int(USER_MARGIN_S * self.io.mic_rate / self.frame))
+        self._history = (self._history + [frame])[-keep:]
+        limit = int(self.options.max_utterance_s * self.io.mic_rate / self.frame)
+        if len(self._heard) > limit:  # a monologue: answer what fits in one ASR window
+            del self._heard[: len(self._heard) - limit]
+
+    # --- think ---------------------------------------------------------------------------------
+
+    def _think_while_listening(self, now: float) -> None:
+        if not self.options.think_while_listening or not self._heard:
+            return
+        last = self.policy.last_speech or now
+        silence_ms = (now - last) * 1000
+        spec = self._speculation
+        if spec is not None and spec.audio_key != last:  # the user went on: that answer is stale
+            self._drop_speculation()
+            spec = None
+        if silence_ms >= self.options.speculate_after_ms and spec is None:
+            self._speculation = self._start_answer(speculative=True)
+            self._speculation.audio_key = last
+        elif silence_ms < self.options.speculate_after_ms and self._partials.idle and self._think.idle and \
+                now - self._last_partial_at >= self.options.partial_every_s:
+            self._last_partial_at = now
+            audio, turn = np.concatenate(self._heard), self.turn
+            self._partials.submit(lambda: self.thinker.partial(audio, self.io.mic_rate, turn))
+
+    def _take_turn(self) -> None:
+        self._emit(ev.TURN_TAKEN)
+        spec, self._speculation = self._speculation, None
+        if spec is not None and not spec.cancelled.is_set():
+            self.thinker.release(spec)  # the answer prepared in the silence gets the floor
+            self._current = spec
+        else:
+            self._current = self._start_answer(speculative=False)
+        self._heard.clear()
+        self._speaking = False
+
+    def _start_answer(self, speculative: bool) -> Generation:
+        gen = Generation(speculative=speculative)
+        audio = np.concatenate(self._heard) if self._heard else np.zeros(0, np.float32)
+        turn = self.turn
+        self._think.submit(lambda: self.thinker.answer(gen, audio, self.io.mic_rate, turn))
+        return gen
+
+    def _drop_speculation(self) -> None:
+        if self._speculation is not None:
+            self._speculation.cancel()
+            self._speculation = None
+
+    # --- act -----------------------------------------------------------------------------------
+
+    def _act(self) -> None:
+        """Tool outcomes that arrived join the conversation; the agent speaks when the floor is free."""
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                break
+            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
+            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
+                       **outcome.answer())
+            self.thinker.add_tool_outcome(outcome)
+            self._tool_results_waiting += 1
+        if self._tool_results_waiting and self._current is None and self.policy.state is TurnState.LISTENING:
+            self._tool_results_waiting = 0
+            self.policy.agent_takes_floor()
+            gen, turn = Generation(), self.turn
+            self._current, self._speaking = gen, False
+            self._think.submit(lambda: self.thinker.follow_up(gen, turn))
+
+    # --- speak ---------------------------------------------------------------------------------
+
+    # The speaker feed is ListenLoop's.
+
+    def _pause(self) -> None:
+        """Possible interruption: stop the audio now, keep the reply to resume from where it stopped."""
+        unplayed = self.io.speaker.readable
+        self.io.flush_speaker()
+        if self._current is not None:
+            self._current.reply.rewind(unplayed)
+        self._emit(ev.BARGE_IN, stage="pause")
+
+    def _barge_in(self) -> None:
+        """The user took the floor: cancel every stage, remember only what was said."""
+        gen, self._current = self._current, None
+        if gen is None:
+            return
+        gen.cancel()
+        said = gen.reply.spoken_text(gen.reply.cursor)
+        self.thinker.barge_in(gen, said)
+        self._cancelled.append((gen, self.turn, len(said.split())))
+
+    def _report_cancels(self) -> None:
+        """``cancel_done`` once the think and speak stages of a cancelled reply have both stopped."""
+        for entry in [c for c in self._cancelled if c[0].done.is_set()]:
+            self._cancelled.remove(entry)
+            gen, turn, kept = entry
+            self._emit_turn(ev.CANCEL_DONE, turn, kept_words=kept, of_words=len(gen.text.split()))
+
+    # --- events --------------------------------------------------------------------------------
+
+    def _stage_failed(self, stage: str, exc: BaseException) -> None:
+        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
+        for gen in (self._current, self._speculation):
+            if gen is not None:
+                gen.cancel()
+                gen.reply.finish()
+                gen.done.set()

@@ -1,0 +1,212 @@
+"""The think and speak stages of a cascade conversation, run on their own workers.
+
+- think: transcribe the user's turn, let the LLM write the reply token by token, cut it into
+  phrases, start tool calls it asks for; while the user still speaks, transcribe what is there
+  (partial transcripts) and prefill the LLM with the words that have stopped changing.
+- speak: synthesize each phrase and append its audio (at the speaker rate) to the reply, which
+  the listen loop plays.
+
+Every job checks its ``Generation``'s cancel flag between tokens and between audio pieces, so a
+barge-in stops both stages within one token or one clause.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from edgevoice.audio.resample import StreamingResampler
+from edgevoice.runtime import events as ev
+from edgevoice.runtime.cascade.pipeline import CascadePipeline, phrase_cut, prompt_messages
+from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.tools import ToolOutcome, ToolRunner, split_tool_text
+from edgevoice.runtime.workers import Worker
+
+Emit = Callable[..., None]
+_MARK = "\u2063"  # an invisible separator: where the partial user text ends in a rendered prompt
+
+
+class CascadeThinker:
+    """Think/speak jobs over one ``CascadePipeline``; the session decides when they run."""
+
+    def __init__(self, agent: CascadePipeline, think: Worker, speak: Worker, emit: Emit,
+                 speaker_rate: int, tools: ToolRunner | None = None):
+        self.agent, self.think, self.speak, self._emit = agent, think, speak, emit
+        self.speaker_rate, self.tools = speaker_rate, tools
+        self._history_lock = threading.Lock()  # history is written by think jobs and by barge-in
+        self._last_partial: tuple[int, list[str]] = (0, [])  # (turn, words) of the latest partial transcript
+
+    # --- jobs the session submits -------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Prefill the system prompt and history before the user speaks (think job)."""
+        self.agent.llm.prepare(self._prefix_ids(""))
+
+    def partial(self, audio: np.ndarray, rate: int, turn: int) -> None:
+        """Think while listening (partial job, on its own worker): a partial transcript; its stable
+        words are prefilled into the LLM by a short think job, so that at the end of the turn only
+        the tail is left to prefill.
+
+        Partials run beside the think stage, not in its queue: an answer that starts while a
+        partial is still being transcribed must not wait for it (measured: up to 0.6 s on 2 cores).
+        """
+        started = time.perf_counter()
+        text = self.agent.asr.transcribe(audio, rate).text.strip()
+        words = text.split()
+        previous = self._last_partial[1] if self._last_partial[0] == turn else []
+        stable = _common_prefix(previous, words)[:-1]  # the last word may still change
+        self._last_partial = (turn, words)
+        self._emit(ev.PARTIAL_TRANSCRIPT, turn=turn, text=text, stable_words=len(stable),
+                   compute_s=time.perf_counter() - started)
+        if len(stable) >= 2 and self.think.idle:  # never queue in front of an answer
+            ids = self._prefix_ids(" ".join(stable))
+            self.think.submit(lambda: self.agent.llm.prepare(ids))
+
+    def answer(self, gen: Generation, audio: np.ndarray, rate: int, turn: int) -> None:
+        """Transcribe the turn and speak the reply (think job)."""
+        started = time.perf_counter()
+        transcript = self.agent.asr.transcribe(audio, rate).text.strip() if audio.size else ""
+        gen.transcript = transcript
+        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative,
+                   compute_s=time.perf_counter() - started)
+        if not transcript or gen.cancelled.is_set():
+            self._finish(gen)
+            return
+        user = {"role": "user", "content": transcript}
+        self._generate(gen, self._context(user), [user], turn)
+
+    def follow_up(self, gen: Generation, turn: int) -> None:
+        """Speak about tool results that arrived since the last reply (think job)."""
+        self._generate(gen, self._context(), [], turn)
+
+    def add_tool_outcome(self, outcome: ToolOutcome) -> None:
+        """A tool's result (or failure) joins the conversation as a ``tool`` message."""
+        body = {"name": outcome.call.name, "ok": outcome.ok, **outcome.answer()}
+        with self._history_lock:
+            self.agent.history.append({"role": "tool", "content": json.dumps(body, default=str)})
+
+    def release(self, gen: Generation) -> None:
+        """The turn ended as ``gen`` (a speculative answer) assumed: it may play and join the history."""
+        with self._history_lock:
+            gen.released.set()
+            if gen.pending_history is not None:
+                self.agent.history.extend(gen.pending_history)
+                gen.history_index = len(self.agent.history) - 1
+                gen.pending_history = None
+
+    def barge_in(self, gen: Generation, said: str) -> None:
+        """Keep only what the listener heard of ``gen``'s reply as the agent's turn (listen thread)."""
+        with self._history_lock:
+            gen.said = said
+            index = gen.history_index
+            if index is not None and index < len(self.agent.history):
+                self.agent.history[index] = {"role": "assistant", "content": said}
+
+    # --- inside the think job -------------------------------------------------------------------
+
+    def _generate(self, gen: Generation, messages: list[dict[str, str]], new: list[dict[str, str]], turn: int) -> None:
+        llm, agent = self.agent.llm, self.agent
+        raw, spoken_upto, phrases, started_calls, first = "", 0, 0, 0, True
+        t0 = time.perf_counter()
+        resampler = StreamingResampler(agent.voice.sample_rate, self.speaker_rate)
+        for token in llm.generate(messages, max_new_tokens=agent.max_new_tokens, sampling=agent.sampling, commit=False):
+            if gen.cancelled.is_set():
+                break
+            if first:
+                first = False
+                self._emit(ev.FIRST_TOKEN, turn=turn, compute_s=time.perf_counter() - t0)
+            raw += token.text
+            speakable, calls = split_tool_text(raw)
+            for call in calls[started_calls:]:
+                self._start_tool(call, turn)
+            started_calls = len(calls)
+            cut = phrase_cut(speakable, spoken_upto, first=phrases == 0)
+            if cut:
+                self._queue_phrase(gen, speakable[spoken_upto:cut], resampler)
+                spoken_upto, phrases = cut, phrases + 1
+        speakable, calls = split_tool_text(raw, final=True)
+        for call in calls[started_calls:]:
+            self._start_tool(call, turn)
+        if gen.cancelled.is_set():
+            llm.rollback()  # the cache returns to the last committed turn
+        else:
+            llm.commit()
+            self._queue_phrase(gen, speakable[spoken_upto:], resampler)
+        gen.text = speakable.strip()
+        self._emit(ev.REPLY_TEXT, turn=turn, text=gen.text, speculative=gen.speculative,
+                   cancelled=gen.cancelled.is_set(), compute_s=time.perf_counter() - t0)
+        self._remember(gen, new, raw.strip())
+        self._finish(gen, resampler)
+
+    def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler) -> None:
+        if phrase.strip():
+            self.speak.submit(lambda: self._synthesize(gen, phrase, resampler))
+
+    def _synthesize(self, gen: Generation, phrase: str, resampler: StreamingResampler) -> None:
+        """Speak job: one phrase, clause by clause, into the reply."""
+        start = gen.reply.written
+        for piece in self.agent.tts.stream(phrase):
+            if gen.cancelled.is_set():
+                return
+            if piece.size:
+                gen.reply.append(resampler.process(piece))
+        gen.reply.mark_phrase(phrase, start)
+
+    def _finish(self, gen: Generation, resampler: StreamingResampler | None = None) -> None:
+        def close() -> None:
+            if resampler is not None and not gen.cancelled.is_set():
+                gen.reply.append(resampler.flush())
+            gen.reply.finish()
+            gen.done.set()
+
+        self.speak.submit(close)  # after every queued phrase of this reply
+
+    def _remember(self, gen: Generation, new: list[dict[str, str]], reply: str) -> None:
+        """The turn joins the history; a speculation joins it only once released (never if cancelled)."""
+        with self._history_lock:
+            if gen.cancelled.is_set() and not gen.released.is_set():
+                return
+            said = gen.said
+            messages = [*new, {"role": "assistant", "content": reply if said is None else said}]
+            if not gen.released.is_set():
+                gen.pending_history = messages
+                return
+            self.agent.history.extend(messages)
+            gen.history_index = len(self.agent.history) - 1
+
+    def _start_tool(self, call, turn: int) -> None:
+        self._emit(ev.TOOL_CALL, turn=turn, name=call.name, arguments=call.arguments)
+        if self.tools is None:
+            self._emit(ev.TOOL_ERROR, turn=turn, name=call.name, error="no tools are registered")
+            return
+        self.tools.call(call)
+
+    # --- prompts ------------------------------------------------------------------------------
+
+    def _context(self, *new: dict[str, str]) -> list[dict[str, str]]:
+        """The LLM's chat: system prompt (with the tools and a recap of earlier turns), then ``new``."""
+        system = self.agent.system_prompt
+        if self.tools is not None and self.tools.tools:
+            system = f"{system}\n\n{self.tools.prompt()}"
+        with self._history_lock:
+            history = [*self.agent.history, *new]
+        return prompt_messages(system, history, self.agent.recap_turns)
+
+    def _prefix_ids(self, partial_user_text: str) -> list[int]:
+        """Token ids of the prompt up to the end of ``partial_user_text`` in a new user message."""
+        llm = self.agent.llm
+        rendered = llm.formatter.render(self._context({"role": "user", "content": partial_user_text + _MARK}))
+        return llm.tokenizer.encode(rendered[: rendered.index(_MARK)])
+
+
+def _common_prefix(a: list[str], b: list[str]) -> list[str]:
+    out = []
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        out.append(x)
+    return out

@@ -1,0 +1,168 @@
+"""The `freeze-omni` and `tiny` packages at run time: a native duplex speech LLM over its engines only.
+
+Listening (``freeze_omni_listen``): every 160 ms chunk goes through the front end; while a user
+turn is listened to, also through the encoder, adapter and the LLM, whose turn-state head says
+keep listening (0), respond / barge in (1) or dismiss (2). Responding (``freeze_omni_speak``): the
+LLM writes the reply, segments of hidden states and text go to the speech decoder, its tokens to
+the codec, PCM out at 24 kHz.
+
+The conversation lives in the LLM cache as ``LlmContext``s: ``conversation`` is the committed
+point (system prompt, then each finished exchange); a user turn is heard into a fork of it, and a
+reply is written into the context of its turn. A barge-in drops the interrupted reply's context,
+so the cache is back at the last committed point -- nothing is undone in place.
+
+This module is the glue a session drives (``edgevoice.runtime.freeze_omni.session``); it holds no threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgevoice.backends import open_runner
+from edgevoice.errors import EdgevoiceError
+from edgevoice.manifest import Manifest, read_manifest
+from edgevoice.runtime.freeze_omni.listen import FoListener, FoLlm, LlmContext, LlmFacts, TokenEmbeddings
+from edgevoice.runtime.freeze_omni.speak import Segment, SegmentRule, SpeechDecoder, SpeechOptions, clean_segment_text
+from edgevoice.runtime.llm import LlmTokenizer, SamplingConfig, sample_token
+
+RECIPES = ("freeze-omni", "tiny")
+COMPONENTS = ("fo_frontend", "fo_encoder", "fo_adapter", "fo_llm_listen",
+              "speech_prefix", "speech_text", "speech_token", "codec")
+CONFIG_KEYS = ("llm", "prompt", "speech", "codec")  # manifest config sections this glue reads
+# The reference's LLM sampling (scripts/run_demo_server.sh): temperature 0.8, top-k 20, top-p 0.8.
+REFERENCE_SAMPLING = SamplingConfig(temperature=0.8, top_k=20, top_p=0.8, seed=0)
+
+
+@dataclass(frozen=True)
+class ReplyItem:
+    """One step of a reply as ``FreezeOmniPipeline.respond`` produces it."""
+
+    kind: str  # "token" | "segment" | "done"
+    token: int = -1  # "token": the sampled LLM id
+    text: str = ""  # "token": the text it completes; "done": the whole reply text
+    segment: Segment | None = None  # "segment": what the speech decoder should voice next
+    finish: str = ""  # "done": "stop" (end-of-turn id) or "length" (token or context limit)
+
+
+class FreezeOmniPipeline:
+    """Loads a Freeze-Omni package once; holds one conversation's LLM contexts and listen path."""
+
+    def __init__(self, package: str | Path | Manifest, backend: str = "ort", device: str = "cpu",
+                 system_prompt: str | None = None, sampling: SamplingConfig = REFERENCE_SAMPLING,
+                 max_new_tokens: int = 128, speech: SpeechOptions = SpeechOptions(),
+                 segments: SegmentRule = SegmentRule(), preroll_chunks: int = 2):
+        manifest = _checked(package if isinstance(package, Manifest) else read_manifest(package))
+        self.manifest, config = manifest, manifest.config
+        run = {name: open_runner(manifest, name, backend=backend, device=device) for name in COMPONENTS}
+        facts = LlmFacts.from_config(config)
+        embed = TokenEmbeddings(manifest.path(config["llm"]["embed_tokens"]), facts.hidden)
+        prompt = np.load(manifest.path(config["prompt"]["embeddings_file"]))
+        self.llm = FoLlm(run["fo_llm_listen"], facts, embed, prompt)
+        self.listener = FoListener(run["fo_frontend"], run["fo_encoder"], run["fo_adapter"], self.llm, preroll_chunks)
+        self.speech = SpeechDecoder(run["speech_prefix"], run["speech_text"], run["speech_token"], run["codec"],
+                                    config["speech"], config["codec"], embed, speech)
+        self.tokenizer = LlmTokenizer(manifest.path(config["tokenizer"])) if config.get("tokenizer") else None
+        self.system_prompt, self.sampling = system_prompt, sampling
+        self.max_new_tokens, self.segment_rule = max_new_tokens, segments
+        self.reset()
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate of the microphone audio the listen path takes (16 kHz)."""
+        return self.listener.sample_rate
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.listener.chunk_samples
+
+    @property
+    def output_rate(self) -> int:
+        """Rate of the reply audio (the codec's, 24 kHz)."""
+        return self.speech.sample_rate
+
+    def reset(self) -> None:
+        """A new conversation: the system prompt prefilled and committed; nothing listened to."""
+        self.listener.end_turn()
+        context = self.llm.empty()
+        ids = list(self.llm.facts.system_prompt_ids)  # the package's role; the reference leaves the turn open
+        if self.system_prompt is not None:
+            if self.tokenizer is None:
+                raise EdgevoiceError("this package has no tokenizer, so it keeps its own system prompt; "
+                                     "pass system_prompt=None")
+            ids = list(self.llm.facts.system_prefix_ids) + self.tokenizer.encode(self.system_prompt)
+        self.llm.feed_ids(context, ids)
+        self.conversation = context  # the committed point
+
+    def commit(self, context: LlmContext) -> None:
+        """``context`` becomes the point later turns fork from and barge-ins return to."""
+        self.conversation = context
+
+    # --- responding ------------------------------------------------------------------------------
+
+    def respond(self, context: LlmContext) -> Iterator[ReplyItem]:
+        """The reply written into ``context`` (a turn's context: it grows), item by item.
+
+        Each token is paired with the hidden state it was sampled from (the reference's
+        ``hidden_state``); segments are cut by ``SegmentRule`` and the rest is one last segment.
+        The sampled end-of-turn id is not fed: the next turn prefix starts with it.
+        """
+        logits = self.llm.feed_ids(context, self.llm.facts.response_prefix_ids)
+        rng = np.random.default_rng(self.sampling.seed)
+        reply: list[int] = []
+        pending_ids: list[int] = []
+        pending_hidden: list[np.ndarray] = []
+        emitted, segments, finish = "", 0, "length"
+        for _ in range(self.max_new_tokens):
+            token = sample_token(logits, self.sampling, rng)
+            if token == self.llm.facts.eod_id:
+                finish = "stop"
+                break
+            pending_ids.append(token)
+            pending_hidden.append(context.hidden)
+            reply.append(token)
+            delta = self._text_delta(reply, emitted)
+            emitted += delta
+            yield ReplyItem("token", token=token, text=delta)
+            if self.segment_rule.cut(delta, len(pending_ids), segments == 0, blind=self.tokenizer is None):
+                yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
+                segments, pending_ids, pending_hidden = segments + 1, [], []
+            if context.position + 1 > self.llm.facts.max_context:
+                break
+            logits = self.llm.feed_ids(context, [token])
+        if pending_ids:
+            yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
+        yield ReplyItem("done", text=emitted, finish=finish)
+
+    def speak(self, segment: Segment, marks) -> Iterator[np.ndarray]:
+        """PCM pieces of one segment at ``output_rate`` (empty pieces between engine calls)."""
+        if self.tokenizer is not None and segment.text.strip():
+            ids = self.tokenizer.encode(clean_segment_text(segment.text))  # the reference re-tokenizes the text
+        else:
+            ids = segment.ids  # no tokenizer (random-weight packages): the sampled ids are the text
+        return self.speech.speak(segment, ids or segment.ids, marks)
+
+    def _segment(self, index: int, ids: list[int], hidden: list[np.ndarray]) -> Segment:
+        text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+        return Segment(index, list(ids), np.stack(hidden), text)
+
+    def _text_delta(self, reply: list[int], emitted: str) -> str:
+        if self.tokenizer is None:
+            return ""
+        text = self.tokenizer.decode(reply)
+        return "" if text.endswith("\ufffd") else text[len(emitted) :]
+
+
+def _checked(manifest: Manifest) -> Manifest:
+    if manifest.recipe not in RECIPES:
+        raise EdgevoiceError(f"the package holds recipe '{manifest.recipe}', not one of {', '.join(RECIPES)}; "
+                             "export one with `edgevoice export --model tiny --target cpu --out DIR`")
+    missing = [k for k in CONFIG_KEYS if k not in manifest.config]
+    if missing:
+        raise EdgevoiceError(f"{manifest.directory}: the manifest config lacks {', '.join(missing)}; "
+                             f"re-run `{manifest.export_command}` with this edgevoice")
+    manifest.require_components(COMPONENTS)
+    return manifest

@@ -1,1 +1,0 @@
-"""Run-time glue of each recipe: which engine feeds which, over engines only (no torch, no models/)."""
