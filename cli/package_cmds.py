@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgevoice.cli.progress import stage_reporter
 from edgevoice.manifest import Component, Manifest, read_manifest
 
 console = Console()
@@ -29,29 +29,37 @@ def export(
     """Export MODEL's components to ONNX and write an engine package for TARGET."""
     from edgevoice.export import export_package
 
-    with _progress() as progress:
-        task = progress.add_task("starting", total=None)
+    with stage_reporter() as say:
         manifest = export_package(
             model=model, target=target, out=out, precision=precision, verify=verify, force=force, voice=voice,
-            weights=weights, llm=llm, progress=lambda stage: progress.update(task, description=stage),
+            weights=weights, llm=llm, progress=say,
         )
     console.print(component_table(manifest))
+    console.print(op_check_note(manifest), soft_wrap=True)
     budget = manifest.config.get("memory_budget")
     if budget is not None:
         console.print(budget_table(budget))
     upstream = manifest.config.get("upstream_max_abs_error")
     if upstream is not None:
         console.print(f"torch port vs upstream {manifest.recipe}: max abs error {upstream:.1e}")
-    console.print(f"wrote {manifest.directory} — next: `edgevoice build {manifest.directory}` on the target GPU")
+    console.print(f"wrote {manifest.directory} — {next_step(manifest, out)}", soft_wrap=True)
+
+
+def next_step(manifest: Manifest, out: Path) -> str:
+    """What to run next: a CPU package runs as it is, a GPU one needs its engines built on the target."""
+    if not manifest.target.get("tensorrt_version"):
+        if manifest.recipe == "silero-vad":
+            return f"ready for `edgevoice vad AUDIO --package {out}`"
+        return f"ready for `edgevoice talk --package {out}`"
+    return f"next: `edgevoice build {out}` on the target GPU ({manifest.target.get('name', 'the target')})"
 
 
 def build(package: Path = typer.Argument(..., help="Engine package directory (from `edgevoice export`).")) -> None:
     """Build TensorRT engines for PACKAGE on this machine's GPU and record them in its manifest."""
     from edgevoice.export import build_package
 
-    with _progress() as progress:
-        task = progress.add_task("starting", total=None)
-        manifest = build_package(package, progress=lambda stage: progress.update(task, description=stage))
+    with stage_reporter() as say:
+        manifest = build_package(package, progress=say)
     console.print(component_table(manifest))
 
 
@@ -66,10 +74,20 @@ def inspect(
         return
     console.print(f"[bold]{manifest.recipe}[/] for {manifest.target['name']} — verified ({len(manifest.files)} files)")
     console.print(component_table(manifest))
+    console.print(op_check_note(manifest), soft_wrap=True)
+
+
+def op_check_note(manifest: Manifest) -> str:
+    """What the table's "op check" column is, and is not."""
+    versions = sorted({v for c in manifest.components.values() for v in c.trt_check})
+    if not versions:
+        return "op check: not run"
+    return (f"op check vs TensorRT {' and '.join(versions)} ONNX parser support list: a static table "
+            "(export/data/trt_onnx_ops.json), not a parse by TensorRT; `edgevoice build` parses the graphs on the target")
 
 
 def component_table(manifest: Manifest) -> Table:
-    table = Table("component", "size", "precision", "parity (max abs)", "TensorRT", "engine")
+    table = Table("component", "size", "precision", "parity (max abs)", "op check", "engine")
     table.columns[0].no_wrap = True
     for c in manifest.components.values():
         size = sum(manifest.files[name]["bytes"] for name in (c.onnx, *c.files))
@@ -103,13 +121,9 @@ def _parity(c: Component) -> str:
 
 
 def _checks(c: Component) -> str:
-    # "TensorRT 10.3: OK (51 nodes, 0 warnings)" -> "10.3 OK"
+    # "op check vs TensorRT 10.3 ONNX parser support list: OK (51 nodes, 0 warnings)" -> "10.3 OK"
     return "\n".join(f"{v} {'OK' if ': OK' in s else 'FAIL'}" for v, s in c.trt_check.items()) or "not run"
 
 
 def _engine(c: Component) -> str:
     return f"{c.engine.file}\nTRT {c.engine.tensorrt_version}, sm {c.engine.compute_capability}" if c.engine else "—"
-
-
-def _progress() -> Progress:
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgevoice.audio.wav import check_writable
 from edgevoice.errors import EdgevoiceError
 
 
@@ -44,8 +45,13 @@ def talk(
         raise EdgevoiceError("file mode needs both --input RECORDING.wav and --output REPLY.wav (or neither, to talk live)")
     if input is None and json_output:
         raise EdgevoiceError("--json describes a recorded conversation; use --events FILE to record a live one")
+    # Every check that can fail runs here, before the engines load (seconds to minutes).
+    _check_backend_and_device(backend, device)
+    recording = None if input is None else check_recording(input, output)
+    if events is not None:
+        check_writable(events, "--events", audio=False)
     if input is None:
-        _check_sound_devices(audio_backend, input_device, output_device)  # before minutes of engine loading
+        _check_sound_devices(audio_backend, input_device, output_device)
     if echo_cancellation is None:
         echo_cancellation = input is None
     options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening)
@@ -58,21 +64,33 @@ def talk(
         if input is None:
             _live(agent, audio_backend, input_device, output_device)
         else:
-            _from_file(agent, input, output, json_output)
+            _from_file(agent, recording, output, json_output)
     finally:
         if event_file is not None:
             event_file.close()
 
 
-def _from_file(agent, input: Path, output: Path, json_output: bool) -> None:
-    from edgevoice.audio.io import FileIO
+def check_recording(input: Path, output: Path) -> tuple:
+    """File mode's checks, before any engine loads: the recording reads whole and is sane, --output is writable.
+
+    Returns (samples, rate) so the file is read once.
+    """
     from edgevoice.audio.resample import mixdown
-    from edgevoice.audio.wav import read_audio, validate_pcm
+    from edgevoice.audio.wav import check_range, read_audio, validate_pcm
+
+    check_writable(output, "--output")
+    samples, rate = read_audio(input)  # missing, unreadable or truncated: one line
+    mono = validate_pcm(mixdown(samples), rate, rate, source=str(input))  # NaN/inf refused, not silently repaired
+    check_range(mono, source=str(input))
+    return samples, rate
+
+
+def _from_file(agent, recording: tuple, output: Path, json_output: bool) -> None:
+    from edgevoice.audio.io import FileIO
     from edgevoice.runtime import events as ev
 
-    samples, rate = read_audio(input)
-    validate_pcm(mixdown(samples), rate, rate)  # a recording with NaN/inf is refused, not silently repaired
-    io = FileIO(input, mic_rate=agent.mic_rate, speaker_rate=agent.speaker_rate)
+    samples, rate = recording
+    io = FileIO(samples, recording_rate=rate, mic_rate=agent.mic_rate, speaker_rate=agent.speaker_rate)
     session = agent.run(io)
     _write_played(io, output)
     turns = conversation_turns(session.events.history())
@@ -110,13 +128,18 @@ def _live(agent, audio_backend: str, input_device: str | None, output_device: st
 
 
 def conversation_turns(history) -> list[dict]:
-    """Per user turn: what was heard, what the agent answered (or had said when interrupted), latency."""
+    """Per user turn of a recorded conversation: what was heard, what the agent answered (or had
+    said when interrupted), and its first-audio latency: as a live run would have had it (compute
+    included, estimated) and as measured on the virtual clock (where compute takes no time)."""
     from edgevoice.runtime import events as ev
+    from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
 
+    estimates = ev.estimated_live_first_audio(history)
     turns: dict[int, dict] = {}
     for event in history:
         turn = turns.setdefault(event.turn, {"turn": event.turn, "transcript": "", "reply": "", "interrupted": False,
-                                             "first_audio_after_endpoint_s": None})
+                                             ESTIMATED_LIVE_KEY: _rounded(estimates.get(event.turn)),
+                                             VIRTUAL_CLOCK_KEY: None})
         if event.kind == ev.TRANSCRIPT:  # the last one of a turn counts (a dropped speculation comes first)
             turn["transcript"] = event.data["text"]
         elif event.kind == ev.REPLY_TEXT:
@@ -125,16 +148,39 @@ def conversation_turns(history) -> list[dict]:
             turn["interrupted"] = True
         elif event.kind == ev.USER_SPEECH_END:
             turn["_end"] = event.time
-        elif event.kind == ev.FIRST_AUDIO and "_end" in turn and turn["first_audio_after_endpoint_s"] is None:
-            turn["first_audio_after_endpoint_s"] = round(event.time - turn["_end"], 3)
+        elif event.kind == ev.FIRST_AUDIO and "_end" in turn and turn[VIRTUAL_CLOCK_KEY] is None:
+            turn[VIRTUAL_CLOCK_KEY] = round(event.time - turn["_end"], 3)
     return [{k: v for k, v in t.items() if not k.startswith("_")} for t in turns.values() if t["transcript"] or t["reply"]]
 
 
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
+
+
 def summary_table(summary: dict) -> Table:
+    from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
+
+    labels = {  # rows whose key alone would not say what they measure
+        ESTIMATED_LIVE_KEY: "first audio after endpoint (estimated live, compute included), s",
+        VIRTUAL_CLOCK_KEY: "first audio after endpoint (virtual clock, compute not included), s",
+    }
     table = Table("conversation", "", title=None)
     for key, value in summary.items():
-        table.add_row(key.replace("_", " "), f"{value:.3f}" if isinstance(value, float) else str(value))
+        label = labels.get(key, key.replace("_", " "))
+        table.add_row(label, f"{value:.3f}" if isinstance(value, float) else str(value))
     return table
+
+
+def _check_backend_and_device(backend: str, device: str) -> None:
+    from edgevoice.backends.cuda import cuda_device_count
+
+    if backend not in ("ort", "trt"):
+        raise EdgevoiceError(f"--backend {backend} is not one talk runs; choose ort or trt")
+    if device not in ("cpu", "cuda", "auto"):
+        raise EdgevoiceError(f"--device {device} is unknown; choose cpu, cuda or auto")
+    if (backend == "trt" or device == "cuda") and cuda_device_count() == 0:
+        what = "--backend trt" if backend == "trt" else "--device cuda"
+        raise EdgevoiceError(f"{what} needs an NVIDIA GPU and none was found; use --backend ort --device cpu")
 
 
 def _check_sound_devices(audio_backend: str, input_device: str | None, output_device: str | None) -> None:

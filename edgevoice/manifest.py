@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -74,7 +75,9 @@ class Component:
     license: str
     files: tuple[str, ...] = ()  # data files the component needs at run time (tokenizers, phoneme maps)
     parity: dict[str, float] = field(default_factory=dict)  # output -> max abs error torch vs onnxruntime
-    trt_check: dict[str, str] = field(default_factory=dict)  # TensorRT version -> one-line result
+    # TensorRT version -> one line of the static op check vs that version's ONNX parser support list
+    # (export/data/trt_onnx_ops.json), not a parse by TensorRT; the key keeps its name for old packages.
+    trt_check: dict[str, str] = field(default_factory=dict)
     engine: EngineInfo | None = None
 
     def input(self, name: str) -> TensorSpec:
@@ -116,7 +119,8 @@ class Manifest:
         if name not in self.components:
             raise PackageError(
                 f"{self.directory / MANIFEST_NAME}: the package has no component '{name}' "
-                f"(it has: {', '.join(self.components) or 'none'}); re-run `{self.export_command}`"
+                f"(it has: {', '.join(self.components) or 'none'}); re-run "
+                f"`{recreate_command(self.export_command, self.recipe, self.directory)}`"
             )
         return self.components[name]
 
@@ -172,7 +176,7 @@ def read_manifest(directory: str | Path, recipe: str | None = None, verify_files
         )
     raw = path.read_bytes()
     data = _parse(raw, path)
-    fix = data.get("export_command") or f"edgevoice export --out {directory}"
+    fix = recreate_command(data.get("export_command"), data.get("recipe"), directory)
     _check_self_hash(raw, data, path, fix)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
@@ -198,7 +202,7 @@ def read_manifest(directory: str | Path, recipe: str | None = None, verify_files
 
 def verify_files_of(manifest: Manifest) -> None:
     """Every listed file exists with the recorded size and sha256; every component's files are listed."""
-    fix = manifest.export_command
+    fix = recreate_command(manifest.export_command, manifest.recipe, manifest.directory)
     for component in manifest.components.values():
         needed = [component.onnx, *component.files] + ([component.engine.file] if component.engine else [])
         for relative in needed:
@@ -245,17 +249,39 @@ def _fix_for(manifest: Manifest, relative: str) -> str:
     engines = {c.engine.file for c in manifest.components.values() if c.engine}
     if relative in engines:
         return f"edgevoice build {manifest.directory}"
-    return manifest.export_command
+    return recreate_command(manifest.export_command, manifest.recipe, manifest.directory)
+
+
+def recreate_command(export_command: str | None, recipe: str | None, directory: str | Path) -> str:
+    """The export command that recreates the package in ``directory``, the folder the user named.
+
+    The recorded command names the folder the package was first written to, which is not where it
+    is read from once it was copied, moved or read through another path; and a fix-it command
+    without ``--model`` would export the default model, not this one.
+    """
+    try:
+        parts = shlex.split(export_command or "")
+    except ValueError:  # a damaged manifest: rebuild the command from what is known
+        parts = []
+    if parts[:2] != ["edgevoice", "export"]:
+        parts = ["edgevoice", "export"]
+    if "--model" not in parts:
+        parts[2:2] = ["--model", recipe or "MODEL"]
+    if "--out" in parts and parts.index("--out") + 1 < len(parts):
+        parts[parts.index("--out") + 1] = str(directory)
+    else:
+        parts = [p for p in parts if p != "--out"] + ["--out", str(directory)]
+    return shlex.join(parts)
 
 
 def _parse(raw: bytes, path: Path) -> dict[str, Any]:
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PackageError(
-            f"{path} is not valid JSON ({exc}); the file is damaged — re-create the package with "
-            f"`edgevoice export --out {path.parent}`"
-        ) from exc
+        # The recipe's name usually survives the damage; MODEL stands in for it otherwise.
+        found = re.search(rb'"recipe":\s*"([\w-]+)"', raw)
+        fix = recreate_command(None, found.group(1).decode() if found else None, path.parent)
+        raise PackageError(f"{path} is not valid JSON ({exc}); the file is damaged — re-create the package with `{fix}`") from exc
     if not isinstance(data, dict):
         raise PackageError(f"{path} is not a manifest (top level is not an object)")
     return data

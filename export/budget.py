@@ -12,7 +12,10 @@ the published Freeze-Omni shapes are checked in a second):
 - state: one session's state tensors (caches, windows, counters) twice, as the runners keep
   ping-pong input and output buffers; graphs that declare one shared state set
   (``shared_state_with``) count it once;
-- workspace: the target's TensorRT workspace pool, once (the runners share one scratch);
+- workspace: the target's TensorRT workspace pool, once, as an estimate of activation memory.
+  Each TensorRT execution context allocates its own activations (the engine's
+  ``device_memory_size``) and the runners share none, so with several engines the real figure
+  can be a multiple of this; measure it on the target;
 - the runtime's own use, from ``edgevoice.plan.RUNTIME_OVERHEAD`` (assumed, stated, not measured):
   the CUDA context on a GPU; where memory is shared with the CPU also the host process
   (Python, numpy, the inference libraries, tokenizers, audio rings); on a Jetson the OS keeps a

@@ -12,7 +12,8 @@ from typing import Callable
 
 from edgevoice.export.build_script import engine_spec
 from edgevoice.export.to_trt import build_engine, require_tensorrt_and_gpu
-from edgevoice.manifest import EngineInfo, Manifest, file_record, read_manifest, write_manifest
+from edgevoice.errors import PackageError
+from edgevoice.manifest import EngineInfo, Manifest, file_record, read_manifest, recreate_command, write_manifest
 from edgevoice.targets import TargetProfile
 
 
@@ -20,9 +21,13 @@ def build_package(package: str | Path, progress: Callable[[str], None] | None = 
     """Build every component's engine into ``package`` and return the updated, verified manifest."""
     say = progress or (lambda _: None)
     manifest = read_manifest(package)
+    if not manifest.components:
+        raise PackageError(f"{manifest.directory} has no components to build; re-create it with "
+                           f"`{recreate_command(manifest.export_command, manifest.recipe, package)}`")
     require_tensorrt_and_gpu()  # checks the GPU before any TensorRT object exists
     target = TargetProfile.from_dict(manifest.target, source=str(manifest.path("manifest.json")))
     components, files = dict(manifest.components), dict(manifest.files)
+    caches = set()  # every spec names the package's one timing cache; collected, not read off the last spec
     for name, component in manifest.components.items():
         say(f"{name}: building TensorRT engine (this can take minutes)")
         spec = engine_spec(manifest.directory, component, target)
@@ -36,8 +41,11 @@ def build_package(package: str | Path, progress: Callable[[str], None] | None = 
         )
         components[name] = replace(component, engine=engine)
         files[engine.file] = file_record(spec.engine_path)
-    if spec.timing_cache_path is not None and spec.timing_cache_path.is_file():
-        files[spec.timing_cache_path.name] = file_record(spec.timing_cache_path)
+        if spec.timing_cache_path is not None:
+            caches.add(spec.timing_cache_path)
+    for cache in caches:
+        if cache.is_file():
+            files[cache.name] = file_record(cache)
     updated = replace(manifest, components=components, files=files)
     write_manifest(updated)
     return read_manifest(updated.directory)

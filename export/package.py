@@ -1,7 +1,8 @@
 """`edgevoice export`: a recipe's torch components -> an engine package directory.
 
-Stages per component: ONNX export (precision baked in) -> onnx.checker -> TensorRT op check for
-TensorRT 10.3 and the target's version -> optional parity against onnxruntime. Then the build
+Stages per component: ONNX export (precision baked in) -> onnx.checker -> op check vs the TensorRT
+ONNX parser support list of 10.3 and of the target's version (a static table, not a parse by
+TensorRT: that happens at `edgevoice build`) -> optional parity against onnxruntime. Then the build
 recipe (trtexec lines) and manifest.json with the sha256 of every file.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from edgevoice.export.budget import check_memory
+from edgevoice.export.budget import EXPORTABLE, check_memory
 from edgevoice.export.build_script import write_build_script
 from edgevoice.export.to_onnx import export_onnx, with_precision
 from edgevoice.export.trt_check import check_trt_compatibility
@@ -46,8 +47,9 @@ def export_package(
 ) -> Manifest:
     """Export ``model`` for ``target`` into the directory ``out`` and return its verified manifest.
 
-    ``precision`` defaults to fp32, the exact reference; ask for fp16 on GPU targets (the target
-    profile's ``default_precision`` says what it runs best). With ``verify``, streamed
+    ``precision`` defaults to the target profile's ``default_precision``: fp32 (the exact reference)
+    for ``cpu``, fp16 for the GPU targets. Components imported as ONNX graphs (the cascade's Piper
+    or Kokoro voice) stay fp32 in an fp16 package; their manifest entry says so. With ``verify``, streamed
     audio goes through torch and onnxruntime and the package records the max abs error per output;
     a parity or upstream-reference failure raises.
 
@@ -62,10 +64,14 @@ def export_package(
     fit is refused before any graph is written, naming a precision or targets that would fit.
     """
     say = progress or (lambda _: None)
+    _check_model_name(model)  # a typo fails in one line, before any stage is reported
     profile = load_target(target)
-    precision = precision or "fp32"
-    if precision not in ("fp32", "fp16"):
-        raise EdgevoiceError(f"precision '{precision}' cannot be exported yet; choose fp32 or fp16")
+    precision = precision or profile.default_precision
+    if precision not in EXPORTABLE:
+        # The profile lists what the hardware runs; export writes only these so far.
+        raise EdgevoiceError(f"precision '{precision}' cannot be exported yet (target '{profile.name}' runs it, "
+                             f"but export writes {' and '.join(sorted(EXPORTABLE, reverse=True))} only); "
+                             f"choose --precision fp16 or fp32")
     check_precision(profile, precision)
     options = _recipe_options(model, voice, weights, llm)
     out = _prepare_out_dir(Path(out))
@@ -114,7 +120,7 @@ def _export_component(recipe: Recipe, component, profile: TargetProfile, precisi
     say(f"{component.name}: exporting ONNX ({precision})")
     component = with_precision(component, precision)
     entry = export_onnx(component, path, precision, max_batch=profile.build.max_batch, opt_batch=profile.build.opt_batch)
-    say(f"{component.name}: TensorRT op check")
+    say(f"{component.name}: op check vs TensorRT ONNX parser support list")
     results = _trt_checks(path, profile)
     parity = {}
     if verify and component.parity_feeds is not None:
@@ -159,7 +165,7 @@ def _trt_checks(path: Path, profile: TargetProfile) -> dict:
     results = {v: check_trt_compatibility(path, v) for v in versions}
     failed = [r for r in results.values() if not r.ok]
     if failed:
-        raise EdgevoiceError(f"{path.name} would not parse on TensorRT: {failed[0].summary()}")
+        raise EdgevoiceError(f"{path.name} fails the {failed[0].summary()}")
     return results
 
 
@@ -172,6 +178,13 @@ def _check_upstream(recipe: Recipe, say: Progress) -> None:
             f"(> {recipe.upstream_atol:.0e}); the weights package may be another version"
         )
     recipe.config["upstream_max_abs_error"] = error
+
+
+def _check_model_name(model: str) -> None:
+    from edgevoice.recipes import RECIPES
+
+    if model not in RECIPES:
+        raise EdgevoiceError(f"unknown model '{model}'; known models: {', '.join(sorted(RECIPES))}")
 
 
 def _recipe_options(model: str, voice: str | None, weights: str | Path | None = None,
@@ -226,6 +239,7 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
         return None  # damaged or foreign: export anew
     same = (
         manifest.recipe == model
+        and _same_components(manifest, model)
         and manifest.target.get("name") == profile.name
         and manifest.edgevoice_version == __version__
         and all(c.precision == precision or c.precision == "fp32" for c in manifest.components.values())
@@ -236,6 +250,14 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
     )
     verified = all(c.parity for c in manifest.components.values()) or not verify
     return manifest if same and verified else None
+
+
+def _same_components(manifest: Manifest, model: str) -> bool:
+    """Whether the package holds the components the recipe makes now (one may have been added since)."""
+    from edgevoice.recipes import expected_components
+
+    expected = expected_components(model)
+    return expected is None or set(manifest.components) == set(expected)
 
 
 def _same_weight_files(manifest: Manifest, options: dict) -> bool:

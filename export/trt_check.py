@@ -1,9 +1,14 @@
-"""Static "will the TensorRT ONNX parser accept this graph" check, runnable without a GPU.
+"""Op check vs the TensorRT ONNX parser support list: a static lint, runnable without a GPU.
 
-The authoritative answer is `OnnxParser.parse()` on the target device; this lint catches the usual
-failures (unsupported or too-new ops, opset out of range, custom domains, non-constant inputs the
-parser needs at build time, unsupported dtypes) on a CPU machine, before a Jetson ever sees the model.
-The op table and restrictions are data: `data/trt_onnx_ops.json` (see its "source" field).
+This is not a parse by TensorRT. The authoritative answer is `OnnxParser.parse()` on the target
+(`edgevoice build`); this lint catches the usual failures (unsupported or too-new ops, opset out of
+range, custom domains, non-constant inputs the parser needs at build time, unsupported dtypes) on a
+CPU machine, before a Jetson ever sees the model. The table it checks against is data,
+`data/trt_onnx_ops.json`, summarized by hand from the onnx-tensorrt support matrix: the op table
+from docs/operators.md as published for TensorRT 10.15, version gates (``since_trt``) from
+docs/Changelog.md, parser opset ranges from docs/operators.md on the 8.6, 10.0-10.14 and 10.15
+branches (the table's "source" field says the same). Older versions are answered through those
+gates, so a result for 10.3 is only as exact as the changelog.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class TrtCheckResult:
 
     def summary(self) -> str:
         n_warn = len(self.warnings)
-        head = f"TensorRT {self.trt_version}"
+        head = f"op check vs TensorRT {self.trt_version} ONNX parser support list"
         if self.ok:
             return f"{head}: OK ({self.node_count} nodes, {n_warn} warning{'' if n_warn == 1 else 's'})"
         errs = self.errors

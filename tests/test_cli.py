@@ -46,9 +46,13 @@ def test_help_lists_commands():
 
 def test_export_inspect_vad(tmp_path, speech_16k):
     out = tmp_path / "vad"
-    result = run("export", "--model", "silero-vad", "--target", "jetson-orin", "--out", str(out), "--verify")
+    result = run("export", "--model", "silero-vad", "--target", "jetson-orin", "--out", str(out), "--precision", "fp32",
+                 "--verify")
     assert result.returncode == 0, result.stderr
     assert "vad" in result.stdout and "10.3 OK" in result.stdout
+    assert "op check vs TensorRT 10.3 ONNX parser support list: a static table" in result.stdout
+    assert f"next: `edgevoice build {out}` on the target GPU" in result.stdout
+    assert "vad: parity torch vs onnxruntime" in result.stderr  # stages are logged when not on a terminal
     described = json.loads(run("inspect", str(out), "--json").stdout)
     assert described["recipe"] == "silero-vad" and described["components"]["vad"]["opset"] == 20
     assert max(described["components"]["vad"]["parity"].values()) <= 1e-4

@@ -11,7 +11,7 @@ import pytest
 
 from edgevoice.errors import PackageError
 from edgevoice.export import export_package
-from edgevoice.manifest import EngineInfo, check_engine, read_manifest, write_manifest
+from edgevoice.manifest import EngineInfo, check_engine, read_manifest, recreate_command, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +122,29 @@ def _rehash(package):
     data = json.loads(path.read_text())
     text = path.read_text().replace(data["manifest_sha256"], "0" * 64)
     path.write_text(text.replace("0" * 64, hashlib.sha256(text.encode()).hexdigest(), 1))
+
+
+def test_fix_command_names_the_directory_the_user_passed(package, pristine):
+    """A copied package's fix-it command re-exports into the copy, not the folder it came from."""
+    flip_byte(package / "vad.onnx", 1000)
+    with pytest.raises(PackageError) as info:
+        read_manifest(package)
+    message = str(info.value)
+    assert f"--out {package}" in message and f"--out {pristine}" not in message
+    assert "--model silero-vad" in message
+
+
+def test_fix_command_of_a_manifest_that_is_not_json(package):
+    path = package / "manifest.json"
+    path.write_text(path.read_text()[:-40])  # cut mid-object: no longer JSON, the recipe still readable
+    with pytest.raises(PackageError, match="not valid JSON") as info:
+        read_manifest(package)
+    assert f"edgevoice export --model silero-vad --out {package}" in str(info.value)
+
+
+def test_recreate_command_keeps_options_and_fills_in_model_and_out():
+    recorded = "edgevoice export --model cascade --target cpu --out /old/place --precision fp32 --verify"
+    assert recreate_command(recorded, "cascade", "engines/cpu") == (
+        "edgevoice export --model cascade --target cpu --out engines/cpu --precision fp32 --verify")
+    assert recreate_command(None, "tiny", "pkg") == "edgevoice export --model tiny --out pkg"
+    assert recreate_command("edgevoice export --out", None, "my dir") == "edgevoice export --model MODEL --out 'my dir'"

@@ -7,11 +7,13 @@ against this machine before deserializing (``manifest.check_engine`` names the r
 Per session (``stream()``) the runner makes one execution context and keeps the state on the
 device: two sets of state buffers, the engine reads one and writes the other through
 ``set_tensor_address``, and the roles swap after each ``execute_async_v3`` (ping-pong, no copy).
-With ``cuda_graphs`` each (input shapes, ping-pong side) is captured once after one plain run
-and replayed with ``cudaGraphLaunch``. Engines that run one after another can share one
-activation scratch (``SharedScratch``): their contexts are made without device memory and get
-the shared block with ``set_device_memory``; sharing is only sound when their steps never overlap
-in time, which holds for the pipelines' single stream per process.
+With ``cuda_graphs`` each (input shapes, bound addresses) is captured once after one plain run
+and replayed with ``cudaGraphLaunch``; the key holds every address bound to the context (the
+ping-pong side, buffers grown, state reallocated by ``restore``), since a graph replays exactly
+the addresses it was captured with. Outputs whose length the run computes (a voice's samples)
+get a ``trt.IOutputAllocator`` instead of a preallocated buffer; TensorRT allocates through it
+during the run, which a CUDA graph cannot replay, so such engines run without graphs.
+The bookkeeping that needs no GPU lives in ``edgevoice.backends.trt_io``.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ import numpy as np
 
 from edgevoice.backends.base import Runner
 from edgevoice.backends.cuda import cuda_device_count, device_compute_capability
+from edgevoice.backends.trt_io import GraphCache, check_engine_io, data_dependent_outputs, input_shape_error
 from edgevoice.errors import EdgevoiceError, MissingDependencyError
 from edgevoice.manifest import Manifest, check_engine
 
 
 @dataclass(frozen=True)
 class TrtOptions:
-    cuda_graphs: bool = True  # capture one CUDA graph per input shape and ping-pong side, then replay
+    cuda_graphs: bool = True  # capture one CUDA graph per input shapes and bound addresses, then replay
 
 
 def _import_tensorrt_stack() -> tuple[Any, Any]:
@@ -76,37 +79,44 @@ class DeviceBuffer:
             self.pointer, self.nbytes = 0, 0
 
 
-class SharedScratch:
-    """One activation block for engines that run one after another (Jetson memory is shared with the CPU).
+def _output_allocator(trt: Any, cudart: Any) -> Any:
+    """A ``trt.IOutputAllocator`` for outputs whose size only the run knows (TensorRT 8.5+ API).
 
-    Open every runner that shares it before the first step: the block is sized then, as the
-    largest ``device_memory_size_v2`` among them.
+    TensorRT calls ``reallocate_output_async`` (10.x; ``reallocate_output`` before) with the bytes
+    it needs and ``notify_shape`` with the final shape. Exceptions cannot cross back into
+    TensorRT's C++, so a failure is kept in ``error`` and raised by the caller after the run.
     """
 
-    def __init__(self):
-        self.required, self._buffer = 0, None
+    class OutputAllocator(trt.IOutputAllocator):
+        def __init__(self):
+            trt.IOutputAllocator.__init__(self)  # pybind11 needs the base initialised explicitly
+            self.buffers: dict[str, DeviceBuffer] = {}
+            self.shapes: dict[str, tuple[int, ...]] = {}
+            self.error: str | None = None
 
-    def register(self, engine: Any) -> None:
-        size = int(getattr(engine, "device_memory_size_v2", None) or engine.device_memory_size)
-        if self._buffer is not None and size > self._buffer.nbytes:
-            raise EdgevoiceError("a TensorRT runner joined a shared scratch after its first step; open all runners first")
-        self.required = max(self.required, size)
+        def reallocate_output(self, tensor_name, memory, size, alignment):
+            return self._grow(tensor_name, size)
 
-    def attach(self, context: Any, cudart: Any) -> None:
-        if self._buffer is None:
-            self._buffer = DeviceBuffer(cudart)
-            self._buffer.ensure(self.required)
-        if hasattr(context, "set_device_memory"):  # 10.1+
-            context.set_device_memory(self._buffer.pointer, self._buffer.nbytes)
-        else:
-            context.device_memory = self._buffer.pointer
+        def reallocate_output_async(self, tensor_name, memory, size, alignment, stream):
+            return self._grow(tensor_name, size)
+
+        def notify_shape(self, tensor_name, shape):
+            self.shapes[tensor_name] = tuple(int(d) for d in shape)
+
+        def _grow(self, name: str, size: int):
+            try:
+                return self.buffers.setdefault(name, DeviceBuffer(cudart)).ensure(max(int(size), 1))
+            except Exception as exc:  # noqa: BLE001 - reported after the run, see the docstring
+                self.error = f"could not allocate {int(size)} bytes for output '{name}' ({exc})"
+                return None  # TensorRT's documented answer for "cannot allocate"
+
+    return OutputAllocator()
 
 
 class TrtRunner(Runner):
     backend = "trt"
 
-    def __init__(self, component, manifest: Manifest, options: TrtOptions | None = None,
-                 scratch: SharedScratch | None = None):
+    def __init__(self, component, manifest: Manifest, options: TrtOptions | None = None):
         super().__init__(component)
         self.options = options or TrtOptions()
         trt, self.cudart = _import_tensorrt_stack()  # the GPU is checked first, then TensorRT loads
@@ -118,30 +128,17 @@ class TrtRunner(Runner):
         self.engine = self._runtime.deserialize_cuda_engine(manifest.path(component.engine.file).read_bytes())
         if self.engine is None:
             raise EdgevoiceError(f"TensorRT could not load {component.engine.file}; rebuild it with `{fix}`")
-        self._check_tensor_names(fix)
-        self.scratch = scratch
-        if scratch is not None:
-            scratch.register(self.engine)
+        check_engine_io(self.engine, component, fix)  # names, modes, dtypes, shapes: one line at open
+        self.data_dependent = data_dependent_outputs(component)
+        # TensorRT allocates data-dependent outputs during the run: not capturable in a graph.
+        self.graphs_allowed = self.options.cuda_graphs and not self.data_dependent
         self.cuda_stream = _check(self.cudart.cudaStreamCreate())
+        self.stream_handle = int(self.cuda_stream)  # execute_async_v3 takes the raw handle, not the wrapper
         self._host_session: TrtStream | None = None
 
-    def _check_tensor_names(self, fix: str) -> None:
-        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
-        expected = {s.name for s in (*self.component.inputs, *self.component.outputs)}
-        if names != expected:
-            raise EdgevoiceError(f"{self.component.engine.file} does not match the manifest's tensors; rebuild it with `{fix}`")
-
     def new_context(self) -> Any:
-        """One execution context (one per session); without its own memory when a scratch is shared."""
-        if self.scratch is None:
-            return self.engine.create_execution_context()
-        strategy = getattr(self.trt, "ExecutionContextAllocationStrategy", None)
-        if strategy is not None:
-            context = self.engine.create_execution_context(strategy.USER_MANAGED)
-        else:
-            context = self.engine.create_execution_context_without_device_memory()
-        self.scratch.attach(context, self.cudart)
-        return context
+        """One execution context per session."""
+        return self.engine.create_execution_context()
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The stateless path: state comes in as host arrays and goes out as outputs.
@@ -154,7 +151,7 @@ class TrtRunner(Runner):
 
 
 class TrtStream:
-    """One session: its own context, state in ping-pong device buffers, graphs per input shape."""
+    """One session: its own context, state in ping-pong device buffers, graphs per bound addresses."""
 
     def __init__(self, runner: TrtRunner, batch_size: int | None = 1):
         self.runner, self.batch_size = runner, batch_size
@@ -162,13 +159,22 @@ class TrtStream:
         self.context = runner.new_context()
         self.wiring = dict(runner.component.state)  # state output -> state input
         names = [s.name for s in (*runner.component.inputs, *runner.component.outputs)]
-        self.buffers = {name: DeviceBuffer(self.cudart) for name in names if name not in self.wiring.values()}
+        skip = {*self.wiring.values(), *runner.data_dependent}
+        self.buffers = {name: DeviceBuffer(self.cudart) for name in names if name not in skip}
         self.state_sides = [{}, {}]  # ping-pong: state input name -> DeviceBuffer
         self.side = 0  # which set holds the current state
-        self._graphs: dict[tuple, Any] = {}
-        self._seen: set[tuple] = set()
+        self.graphs = GraphCache(self._destroy_graph)
+        self.allocator = self._attach_allocator() if runner.data_dependent else None
         if batch_size is not None:
             self.reset()
+
+    def _attach_allocator(self) -> Any:
+        allocator = _output_allocator(self.runner.trt, self.cudart)
+        for name in self.runner.data_dependent:
+            if not self.context.set_output_allocator(name, allocator):
+                raise EdgevoiceError(f"{self.runner.component.name}: TensorRT refused an output allocator for "
+                                     f"'{name}' (needs TensorRT 8.5 or newer); use --backend ort")
+        return allocator
 
     def _state_buffer(self, side: int, name: str) -> DeviceBuffer:
         return self.state_sides[side].setdefault(name, DeviceBuffer(self.cudart))
@@ -182,7 +188,7 @@ class TrtStream:
         for name, value in snapshot.items():
             value = np.ascontiguousarray(value)
             for side in (0, 1):
-                self._state_buffer(side, name).ensure(value.nbytes)
+                self._state_buffer(side, name).ensure(value.nbytes)  # may move: the graph key sees it
             self._h2d(self._state_buffer(self.side, name).pointer, value)
         self._shapes = {name: np.asarray(v).shape for name, v in snapshot.items()}
         _check(self.cudart.cudaStreamSynchronize(self.runner.cuda_stream))
@@ -198,7 +204,7 @@ class TrtStream:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.runner._validate(feeds, state_held=True)
         key = self._bind(feeds, self.side)
-        self._launch(key)
+        self._launch(key, allow_graph=self.runner.graphs_allowed)
         outputs = self._fetch_step_outputs()
         self.side = 1 - self.side  # the outputs just written are now the state
         return outputs
@@ -217,60 +223,93 @@ class TrtStream:
         _check(self.cudart.cudaStreamSynchronize(self.runner.cuda_stream))
         return outputs
 
+    def _set_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        # False (not an exception) is how TensorRT says the shape is outside the profile.
+        if not self.context.set_input_shape(name, tuple(shape)):
+            raise input_shape_error(self.runner.component, name, shape, self.runner.engine)
+
     def _bind(self, feeds: Mapping[str, np.ndarray], side: int) -> tuple:
-        context = self.context
+        """Set shapes and addresses of every tensor; return the graph key (shapes + all addresses)."""
+        context, bound = self.context, {}
         for name, value in feeds.items():
             value = np.ascontiguousarray(value)
-            context.set_input_shape(name, value.shape)
+            self._set_shape(name, value.shape)
             self._h2d(self.buffers[name].ensure(value.nbytes), value)
-            context.set_tensor_address(name, self.buffers[name].pointer)
+            bound[name] = self.buffers[name].pointer
         for out_name, in_name in self.wiring.items():
-            context.set_input_shape(in_name, self._shapes[in_name])
-            context.set_tensor_address(in_name, self._state_buffer(side, in_name).pointer)
-            context.set_tensor_address(out_name, self._state_buffer(1 - side, in_name).pointer)
+            self._set_shape(in_name, self._shapes[in_name])
+            bound[in_name] = self._state_buffer(side, in_name).pointer
+            bound[out_name] = self._state_buffer(1 - side, in_name).pointer
         for spec in self.runner.component.outputs:
-            if spec.name in self.wiring:
-                continue
+            if spec.name in self.wiring or spec.name in self.runner.data_dependent:
+                continue  # state is bound above; data-dependent outputs go through the allocator
             nbytes = int(np.prod(tuple(context.get_tensor_shape(spec.name)))) * np.dtype(spec.dtype).itemsize
-            context.set_tensor_address(spec.name, self.buffers[spec.name].ensure(nbytes))
-        generations = tuple(b.generation for b in self.buffers.values())
-        return tuple(sorted((n, np.shape(v)) for n, v in feeds.items())), side, generations
+            bound[spec.name] = self.buffers[spec.name].ensure(nbytes)
+        for name, address in bound.items():
+            if not context.set_tensor_address(name, address):
+                raise EdgevoiceError(f"{self.runner.component.name}: TensorRT refused the address of '{name}'")
+        self.graphs.prune(self._live_addresses())  # graphs bound to freed memory must never replay
+        return GraphCache.key({n: np.shape(v) for n, v in feeds.items()}, bound)
 
-    def _launch(self, key: tuple, allow_graph: bool = True) -> None:
+    def _live_addresses(self) -> list[int]:
+        held = [*self.buffers.values(), *(b for side in self.state_sides for b in side.values())]
+        return [b.pointer for b in held if b.pointer]
+
+    def _launch(self, key: tuple, allow_graph: bool) -> None:
         stream = self.runner.cuda_stream
-        graph = self._graphs.get(key)
+        graph = self.graphs.get(key) if allow_graph else None
+        if graph is None and allow_graph and self.graphs.seen(key):
+            # The plain run before (key seen) flushed TensorRT's deferred setup; now capture.
+            graph = self._capture(stream)
+            self.graphs.put(key, graph)
         if graph is not None:
             _check(self.cudart.cudaGraphLaunch(graph, stream))
             return
-        use_graph = allow_graph and self.runner.options.cuda_graphs and key in self._seen
-        if use_graph:
-            # The plain run before (key seen) flushed TensorRT's deferred setup; now capture, then launch.
-            self._graphs[key] = self._capture(stream)
-            _check(self.cudart.cudaGraphLaunch(self._graphs[key], stream))
-            return
-        if not self.context.execute_async_v3(stream):
-            raise RuntimeError(f"TensorRT failed to run {self.runner.component.name}")
-        self._seen.add(key)
+        if not self.context.execute_async_v3(self.runner.stream_handle):
+            raise EdgevoiceError(f"TensorRT failed to run {self.runner.component.name} (its log above says why); "
+                                 "try --backend ort to rule the engine out")
+        if self.allocator is not None and self.allocator.error:
+            raise EdgevoiceError(f"{self.runner.component.name}: {self.allocator.error}")
 
     def _capture(self, stream: Any) -> Any:
+        """Capture one step and return its executable graph; the captured cudaGraph_t is freed here."""
         mode = self.cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         _check(self.cudart.cudaStreamBeginCapture(stream, mode))
-        ok = self.context.execute_async_v3(stream)
+        ok = self.context.execute_async_v3(self.runner.stream_handle)
         graph = _check(self.cudart.cudaStreamEndCapture(stream))
-        if not ok:
-            raise RuntimeError(f"TensorRT failed to capture {self.runner.component.name} in a CUDA graph")
-        return _check(self.cudart.cudaGraphInstantiate(graph, 0))
+        try:
+            if not ok:
+                raise EdgevoiceError(f"TensorRT could not run {self.runner.component.name} inside a CUDA graph; "
+                                     "pass cuda_graphs=False")
+            return _check(self.cudart.cudaGraphInstantiate(graph, 0))
+        finally:
+            self.cudart.cudaGraphDestroy(graph)  # the executable keeps its own copy
+
+    def _destroy_graph(self, graph_exec: Any) -> None:
+        self.cudart.cudaGraphExecDestroy(graph_exec)
 
     def _fetch_step_outputs(self) -> dict[str, np.ndarray]:
         outputs = {}
         for spec in self.runner.component.outputs:
             if spec.name in self.wiring:
                 continue
-            array = np.empty(tuple(self.context.get_tensor_shape(spec.name)), dtype=spec.dtype)
-            self._d2h(array, self.buffers[spec.name].pointer)
+            shape, pointer = self._output_location(spec.name)
+            array = np.empty(shape, dtype=spec.dtype)
+            if array.size:
+                self._d2h(array, pointer)
             outputs[spec.name] = array
         _check(self.cudart.cudaStreamSynchronize(self.runner.cuda_stream))
         return outputs
+
+    def _output_location(self, name: str) -> tuple[tuple[int, ...], int]:
+        if name not in self.runner.data_dependent:
+            return tuple(self.context.get_tensor_shape(name)), self.buffers[name].pointer
+        shape = self.allocator.shapes.get(name)
+        buffer = self.allocator.buffers.get(name)
+        if shape is None or (buffer is None and 0 not in shape):
+            raise EdgevoiceError(f"{self.runner.component.name}: TensorRT reported no shape or memory for output "
+                                 f"'{name}' after the run; rebuild the engine with `edgevoice build`")
+        return shape, buffer.pointer if buffer is not None else 0
 
     def _h2d(self, pointer: int, array: np.ndarray) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -281,7 +320,10 @@ class TrtStream:
         _check(self.cudart.cudaMemcpyAsync(array.ctypes.data, pointer, array.nbytes, kind, self.runner.cuda_stream))
 
     def __del__(self) -> None:
-        for graph in getattr(self, "_graphs", {}).values():
-            self.cudart.cudaGraphExecDestroy(graph)
-        for buffer in [*getattr(self, "buffers", {}).values(), *(b for s in getattr(self, "state_sides", []) for b in s.values())]:
+        graphs = getattr(self, "graphs", None)
+        if graphs is not None:
+            graphs.clear()
+        allocator = getattr(self, "allocator", None)
+        held = [*getattr(self, "buffers", {}).values(), *(b for s in getattr(self, "state_sides", []) for b in s.values())]
+        for buffer in held + (list(allocator.buffers.values()) if allocator is not None else []):
             buffer.free()

@@ -18,7 +18,8 @@ from edgevoice.runtime import VadPipeline
 
 @pytest.fixture(scope="module")
 def jetson_package(tmp_path_factory):
-    return export_package(model="silero-vad", target="jetson-orin", out=tmp_path_factory.mktemp("vad"), verify=True)
+    return export_package(model="silero-vad", target="jetson-orin", out=tmp_path_factory.mktemp("vad"), precision="fp32",
+                          verify=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +58,7 @@ def test_onnx_graph_contract(jetson_package):
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["component"] == "vad" and json.loads(meta["state"]) == {"context_out": "context", "lstm_out": "lstm"}
     assert check_trt_compatibility(model, "10.3").ok
-    assert "TensorRT 10.3: OK" in jetson_package.component("vad").trt_check["10.3"]
+    assert "op check vs TensorRT 10.3 ONNX parser support list: OK" in jetson_package.component("vad").trt_check["10.3"]
 
 
 def test_packaged_graph_matches_upstream_on_speech(jetson_package, speech_16k):
@@ -121,3 +122,30 @@ def test_voice_option_is_checked_before_any_work(tmp_path):
     with pytest.raises(EdgevoiceError, match="unknown voice 'alto'; choose one of: joe, kokoro"):
         export_package(model="cascade", target="cpu", out=tmp_path, voice="alto")
     assert not any(tmp_path.iterdir())
+
+
+def test_gpu_targets_default_to_their_precision(tmp_path):
+    # The profile's default_precision is the default: fp16 on the GPU targets, fp32 on the CPU.
+    gpu = export_package(model="silero-vad", target="jetson-orin", out=tmp_path / "gpu")
+    assert gpu.component("vad").precision == "fp16"
+    assert "--precision fp16" in gpu.export_command
+    cpu = export_package(model="silero-vad", target="cpu", out=tmp_path / "cpu")
+    assert cpu.component("vad").precision == "fp32"
+
+
+def test_precisions_the_hardware_runs_but_export_does_not_write_are_refused(tmp_path):
+    with pytest.raises(EdgevoiceError, match="precision 'int8' cannot be exported yet .*choose --precision fp16 or fp32"):
+        export_package(model="silero-vad", target="jetson-orin", out=tmp_path, precision="int8")
+
+
+def test_a_package_missing_a_component_the_recipe_now_makes_is_not_up_to_date(tmp_path):
+    from dataclasses import replace
+
+    from edgevoice.export.package import _same_components
+    from edgevoice.recipes import expected_components
+
+    assert expected_components("cascade")[:2] == ("vad", "turn")
+    assert expected_components("freeze-omni") is None  # its graphs depend on the checkpoint
+    vad_only = export_package(model="silero-vad", target="cpu", out=tmp_path)
+    assert _same_components(vad_only, "silero-vad")
+    assert not _same_components(replace(vad_only, recipe="cascade"), "cascade")

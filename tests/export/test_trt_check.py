@@ -73,7 +73,7 @@ def test_clean_model_passes():
     result = check_trt_compatibility(clean_model(), "10.3")
     assert result.ok, result.summary()
     assert result.opset == 20
-    assert result.summary() == "TensorRT 10.3: OK (2 nodes, 0 warnings)"
+    assert result.summary() == "op check vs TensorRT 10.3 ONNX parser support list: OK (2 nodes, 0 warnings)"
 
 
 def test_path_input_and_missing_file(tmp_path):
@@ -239,7 +239,7 @@ def test_misc_restrictions():
 def test_summary_lists_errors():
     result = TrtCheckResult("10.3", 20, (TrtIssue("bar", "Foo", "not supported", "error"),
                                          TrtIssue("baz", "Foo", "not supported", "error")))
-    assert result.summary() == "TensorRT 10.3: 2 errors — Foo (node bar): not supported; Foo (node baz): not supported"
+    assert result.summary() == "op check vs TensorRT 10.3 ONNX parser support list: 2 errors — Foo (node bar): not supported; Foo (node baz): not supported"
 
 
 def test_too_old_trt_version_is_a_user_error():
