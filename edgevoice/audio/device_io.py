@@ -7,8 +7,9 @@ Two threads touch the audio, with a ring between each pair (one producer, one co
     device callback  <--out ring (device rate, mono)-------   pump thread <-- speaker   (model rate)
 
 The callback only copies: interleaved input into ``in``, ``out`` into the device buffer (zero-filled
-on underrun) and the same block into ``played``; it counts status flags as xruns. Everything that
-allocates or takes time — mixdown, NaN/clip checks, soxr resampling — runs on the pump thread.
+on underrun) and the same block into ``played``; it counts status flags as xruns, and each time
+``out`` ran dry (``stats.output_starved``: the listener hears a gap PortAudio does not flag).
+Everything that allocates or takes time — mixdown, NaN/clip checks, soxr resampling — runs on the pump thread.
 ``played`` and ``in`` are written by the same callback, and their resamplers are identical, so
 ``reference`` stays position-aligned with ``mic`` for the echo canceller.
 
@@ -121,6 +122,7 @@ class DuplexDeviceIO(AudioIO):
         # fades out the block it is playing, drops the rest of the device queue, bumps _fades_done.
         self._flushes_requested = self._flushes_handled = 0
         self._fades_requested = self._fades_done = 0
+        self._starving = False  # the last callback block was short of queued output (written by the callback)
 
     # --- backend hooks ---------------------------------------------------------------------------
 
@@ -177,15 +179,23 @@ class DuplexDeviceIO(AudioIO):
         while done < frames:
             n = min(frames - done, MAX_CALLBACK_FRAMES)
             block = self._out_block[:n]
-            self._out_ring.read_into(block, pad=True)  # zero-filled (and counted) if the pump fell behind
+            fed = self._out_ring.read_into(block, pad=True)  # zero-filled (and counted) if the pump fell behind
+            self._count_starve(fed < n)
             if self._fades_done != self._fades_requested:  # barge-in: fade this block, drop the queue
                 block *= self._fade_out[:n]
                 self._out_ring.clear()
                 self._fades_done = self._fades_requested
+                self._starving = True  # the queue was dropped on purpose: silence until refilled is no glitch
             outdata[done : done + n] = block[:, None]  # the mono signal on every output channel
             self._played_ring.write(block)  # what really went out, silence included: the echo reference
             done += n
         self.stats.callbacks += 1
+
+    def _count_starve(self, short: bool) -> None:
+        """Count each time the output queue runs dry (once per episode, until it is fed again)."""
+        if short and not self._starving:
+            self.stats.output_starved += 1
+        self._starving = short
 
     def _count_flags(self, input_overflow: bool, input_underflow: bool, output_underflow: bool,
                      output_overflow: bool) -> None:
@@ -262,9 +272,12 @@ class DuplexDeviceIO(AudioIO):
                 f"the audio device stopped ({self.input_device.name} / {self.output_device.name}); "
                 f"was it unplugged? Check `edgevoice devices` and restart the session")
         elif silent_for > self.config.stall_seconds:
-            self.error = EdgevoiceError(
-                f"the audio device delivered nothing for {silent_for:.1f} s; it may be suspended or "
-                f"taken by another program — check `edgevoice devices` and restart the session")
+            self.error = self._stalled(silent_for)
+
+    def _stalled(self, seconds: float) -> EdgevoiceError:
+        return EdgevoiceError(
+            f"the audio device delivered nothing for {seconds:.1f} s; it may be suspended or "
+            f"taken by another program — check `edgevoice devices` and restart the session")
 
     # --- AudioIO ---------------------------------------------------------------------------------
 
@@ -290,12 +303,18 @@ class DuplexDeviceIO(AudioIO):
 
     def wait_for_mic(self, samples: int, timeout: float, with_reference: bool = True) -> bool:
         deadline = self.clock.now() + timeout
+        callbacks = self.stats.callbacks
         while True:
             self.check()
             if self.mic_available(with_reference) >= samples:
                 return True
             left = deadline - self.clock.now()
             if left <= 0:
+                # A running stream never runs out of audio: no callback during a wait this long is a
+                # stalled device (the watchdog may not have said so yet), not the end of a recording.
+                stalled = self.stats.callbacks == callbacks and timeout >= self.config.stall_seconds
+                if stalled and self._stream is not None:
+                    raise self._stalled(timeout)
                 return False
             self._mic_written.clear()
             if self.mic_available(with_reference) < samples:

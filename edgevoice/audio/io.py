@@ -45,6 +45,7 @@ class AudioStats:
     input_underflows: int = 0
     output_underflows: int = 0  # the device ran out of speaker audio (PortAudio's flag)
     output_overflows: int = 0
+    output_starved: int = 0  # times the device's output queue ran dry and it played silence (the pump fell behind)
     nonfinite_samples: int = 0  # NaN/inf microphone samples, replaced by 0
     clipped_samples: int = 0  # microphone samples at full scale (the input gain is too high)
 

@@ -38,7 +38,7 @@ TURN_STATE = "turn_state"
 DISMISSED = "dismissed"
 SPEECH_PREFILL = "speech_prefill"
 FIRST_SPEECH_TOKEN = "first_speech_token"
-FIRST_SPEECH_CHUNK = "first_speech_chunk"
+FIRST_SPEECH_CHUNK = "first_speech_chunk"  # the cascade emits it too: a reply's first synthesized audio
 
 
 @dataclass(frozen=True)
@@ -125,4 +125,50 @@ def respond_breakdown(events: list[Event]) -> dict[int, dict[str, float]]:
     for event in events:
         if event.kind in RESPOND_STAGES and "since_decision_s" in event.data:
             result.setdefault(event.turn, {}).setdefault(event.kind, float(event.data["since_decision_s"]))
+    return result
+
+
+def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
+    """Per turn: seconds from the endpoint to the first audio a live run would have had, compute included.
+
+    On an unpaced virtual clock the stages run inline and take no virtual time, so the measured
+    ``first_audio - endpoint`` (``turn_latencies``) leaves the engines' time out. This adds it back
+    along the critical path of the reply that played first in the turn (cascade events):
+
+        critical compute = ASR of the turn                      (transcript.compute_s)
+                         + LLM until its first phrase was cut   (reply_text.first_phrase_compute_s)
+                         + voice until that phrase's first audio (first_speech_chunk.compute_s)
+
+    The three events share the reply's id (``reply``); the reply is the one whose first speech
+    chunk came last at or before the turn's first audio. The path starts when the answer job
+    started, the transcript's time (inline, a job starts and ends at one instant); a speculative
+    answer starts before the endpoint, and the endpoint silence hides that much compute:
+
+        estimate = (first_audio - endpoint) + max(0, start + critical compute - endpoint)
+
+    The first term is what compute does not explain (listen frames, device blocks). Assumed: the
+    live machine computes as fast, and the stages were idle when the answer started (live, a
+    partial transcript still running would delay it). A turn whose first audio did not come from
+    an answer to the user's speech (a tool's follow-up) gets no estimate.
+    """
+    ends = {e.turn: e.time for e in events if e.kind == USER_SPEECH_END}
+    first_audio: dict[int, float] = {}
+    parts: dict[Any, dict[str, Event]] = {}  # reply id -> its critical-path events by kind
+    for event in events:
+        if event.kind == FIRST_AUDIO and event.turn in ends:
+            first_audio.setdefault(event.turn, event.time)
+        elif event.kind in (TRANSCRIPT, REPLY_TEXT, FIRST_SPEECH_CHUNK) and "reply" in event.data:
+            parts.setdefault(event.data["reply"], {})[event.kind] = event
+    result: dict[int, float] = {}
+    for turn, audio_at in first_audio.items():
+        chunks = [e for e in events if e.kind == FIRST_SPEECH_CHUNK and e.turn == turn and e.time <= audio_at
+                  and "reply" in e.data]
+        path = parts.get(chunks[-1].data["reply"], {}) if chunks else {}
+        transcript, text = path.get(TRANSCRIPT), path.get(REPLY_TEXT)
+        if transcript is None or text is None or text.data.get("first_phrase_compute_s") is None:
+            continue
+        compute = (transcript.data["compute_s"] + text.data["first_phrase_compute_s"]
+                   + path[FIRST_SPEECH_CHUNK].data["compute_s"])
+        unhidden = max(0.0, transcript.time + compute - ends[turn])
+        result[turn] = (audio_at - ends[turn]) + unhidden
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgevoice.audio.clock import VirtualClock
 from edgevoice.audio.io import AudioIO, read_aligned
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import Event, EventBus
@@ -18,6 +19,14 @@ from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.turns import TurnPolicy
 
 CLIP_WARNING_EVERY_S = 10.0  # a clipping microphone is reported at most this often
+# Summary names of the first-audio latency where compute took no time (file mode).
+ESTIMATED_LIVE_KEY = "first_audio_after_endpoint_estimated_live_s"  # see events.estimated_live_first_audio
+VIRTUAL_CLOCK_KEY = "first_audio_after_endpoint_virtual_clock_s"  # as measured on the virtual clock: compute left out
+
+
+def compute_takes_no_time(io: AudioIO) -> bool:
+    """True on an unpaced virtual clock: the stages run inline and the clock stands still meanwhile."""
+    return isinstance(io.clock, VirtualClock) and getattr(io, "pace", None) is None
 
 
 class ListenLoop:
@@ -48,7 +57,7 @@ class ListenLoop:
         self._mic = np.zeros(frame, np.float32)
         self._ref = np.zeros(frame, np.float32)
         self._pending = np.zeros(0, np.float32)  # echo-cancelled audio not yet a whole frame
-        self._xruns_seen = (0, 0)  # device xruns and lost mic samples already reported
+        self._xruns_seen = (0, 0, 0)  # device xruns, output starves and lost mic samples already reported
         self._nonfinite_seen = 0  # NaN/inf mic samples already reported
         self._clipped_seen = 0  # clipped mic samples already reported
         self._clip_warned_at = -1e9  # clock time of the last clipping warning
@@ -140,7 +149,7 @@ class ListenLoop:
 
     def summary(self) -> dict:
         """Turns, replies, the recipe's own figures, and every audio problem counted."""
-        return {
+        summary = {
             "turns": self.turn,
             "session_seconds": self.io.clock.now(),
             "replies": len(self.events.history(ev.AGENT_DONE)),
@@ -149,6 +158,19 @@ class ListenLoop:
             **self._recipe_summary(),
             **self.audio_summary(),
         }
+        if compute_takes_no_time(self.io):
+            self._label_virtual_latency(summary)
+        return summary
+
+    def _label_virtual_latency(self, summary: dict) -> None:
+        """In place: on a clock where compute takes no time the measured first-audio latency leaves
+        the engines out. Keep it under a name that says so, with the compute-inclusive estimate."""
+        if "first_audio_after_endpoint_s" not in summary:
+            return
+        virtual = summary.pop("first_audio_after_endpoint_s")
+        estimates = sorted(ev.estimated_live_first_audio(self.events.history()).values())
+        summary[ESTIMATED_LIVE_KEY] = estimates[len(estimates) // 2] if estimates else None  # the median, as measured
+        summary[VIRTUAL_CLOCK_KEY] = virtual
 
     def _recipe_summary(self) -> dict:
         return {}
@@ -157,7 +179,8 @@ class ListenLoop:
         """Every audio problem counted since the start."""
         stats = self.io.stats
         return {
-            "device_xruns": stats.xruns,
+            "device_xruns": stats.xruns,  # callbacks with a PortAudio over/underflow flag
+            "device_output_starved": stats.output_starved,  # times the device played silence for want of queued audio
             "mic_overrun_samples": self.io.mic.overrun_samples,
             "reference_overrun_samples": self.io.reference.overrun_samples,
             "speaker_silence_samples": self.io.speaker.underrun_samples,  # silence played while nothing was queued
@@ -166,13 +189,14 @@ class ListenLoop:
         }
 
     def _report_audio_problems(self) -> None:
-        """Device over/underflows and lost microphone audio as ``xrun`` events; NaN and clipping
-        input (already repaired or counted by the I/O) as ``warning`` events."""
+        """Device over/underflows, output starves and lost microphone audio as ``xrun`` events (one
+        per step that saw any, with what is new since the last); NaN and clipping input (already
+        repaired or counted by the I/O) as ``warning`` events."""
         stats = self.io.stats
-        seen = (stats.xruns, self.io.mic.overrun_samples)
+        seen = (stats.xruns, stats.output_starved, self.io.mic.overrun_samples)
         if seen != self._xruns_seen:
-            self._emit(ev.XRUN, kind="device", device_xruns=seen[0] - self._xruns_seen[0],
-                       mic_samples_lost=seen[1] - self._xruns_seen[1])
+            new = [after - before for after, before in zip(seen, self._xruns_seen)]
+            self._emit(ev.XRUN, kind="device", device_xruns=new[0], output_starved=new[1], mic_samples_lost=new[2])
             self._xruns_seen = seen
         if stats.nonfinite_samples > self._nonfinite_seen:
             self._emit(ev.WARNING, stage="input", problem="non-finite samples (NaN/inf) replaced by silence",
@@ -186,8 +210,9 @@ class ListenLoop:
 
     # --- events ----------------------------------------------------------------------------------
 
-    def _emit(self, kind: str, **data) -> None:
+    # ``kind`` is positional-only so that an event's data may have a ``kind`` of its own (xrun's).
+    def _emit(self, kind: str, /, **data) -> None:
         self.events.emit(Event(self.io.clock.now(), kind, self.turn, data))
 
-    def _emit_turn(self, kind: str, turn: int, **data) -> None:
+    def _emit_turn(self, kind: str, /, turn: int, **data) -> None:
         self.events.emit(Event(self.io.clock.now(), kind, turn, data))

@@ -95,7 +95,27 @@ def test_callback_zero_fills_on_underrun_and_copies_the_input(sd):
     assert not out.any()  # nothing to play: silence, never stale data
     assert io.output_underrun_samples == 480
     np.testing.assert_array_equal(io._in_ring.read(480), captured[:, 0])
-    assert io.stats.callbacks == 1 and io.stats.xruns == 0
+    assert io.stats.callbacks == 1 and io.stats.xruns == 0  # PortAudio saw nothing wrong...
+    assert io.stats.output_starved == 1  # ...but the listener hears the gap, so it is counted
+
+
+def test_output_starves_are_counted_once_per_gap_and_not_after_a_barge_in(sd):
+    io = make_io(sd)
+    silence = np.zeros((480, 1), dtype=np.float32)
+    for _ in range(3):  # one gap of three blocks
+        callback(io, silence)
+    io._out_ring.write(np.full(960, 0.5, dtype=np.float32))
+    callback(io, silence)  # fed again
+    callback(io, silence)
+    callback(io, silence)  # a second gap
+    assert io.stats.output_starved == 2
+    io._out_ring.write(np.full(960, 0.5, dtype=np.float32))
+    callback(io, silence)
+    io.flush_speaker()
+    io.pump_once()  # hands the fade to the callback
+    callback(io, silence)  # fades out and drops the queue
+    callback(io, silence)  # nothing queued on purpose: silence, not a glitch
+    assert io.stats.output_starved == 2
 
 
 def test_callback_plays_the_queued_block_on_every_channel_and_records_it(sd):

@@ -94,7 +94,8 @@ def test_talk_command(cascade_package, tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     [turn] = json.loads(result.stdout)["turns"]
-    assert "paris" in words(turn["reply"]) and out.is_file() and turn["first_audio_after_endpoint_s"] >= 0
+    assert "paris" in words(turn["reply"]) and out.is_file() and turn["first_audio_after_endpoint_virtual_clock_s"] >= 0
+    assert turn["first_audio_after_endpoint_estimated_live_s"] > turn["first_audio_after_endpoint_virtual_clock_s"]
     import soundfile
 
     stereo_48k = tmp_path / "48k.wav"  # any rate and channel count is converted for the models
