@@ -1,6 +1,13 @@
 """A scripted stand-in for the LLM: replies chosen by a rule, token by token, through the real
-tokenizer and chat formatter. The tiny real model cannot be relied on to call tools; the script
-exercises the tool convention and the runtime mechanics around it."""
+tokenizer and chat formatter.
+
+It exercises the runtime mechanics around tool calls (background runs, results re-entering the
+conversation, tags never spoken) with replies a test controls exactly; tool calling itself with
+the real model (router, grammar, rollback) is tested in tests/runtime/test_tools_real_llm.py.
+
+Like ``LlmSession`` it keeps what its "cache" holds: every word it yielded, a committed point,
+``commit`` and ``rollback`` between them, so tests can check when the session commits or rolls
+back a reply."""
 
 from __future__ import annotations
 
@@ -17,21 +24,35 @@ class ScriptedLlm:
         self.formatter, self.tokenizer = real.formatter, real.tokenizer
         self.finish_reason = "stop"
         self.prompts: list[list[dict[str, str]]] = []  # every conversation it was asked to continue
+        self.constraints: list = []  # the decoding constraint each generation was given (None: none)
         self.prepared = 0  # prefill calls (warm-up, partials)
+        self.tokens: list[str] = []  # words yielded since the start, as a cache would hold them
+        self._committed: list[str] = []
+        self.commits = self.rollbacks = 0
 
     def prepare(self, ids) -> None:
         self.prepared += 1
 
     def commit(self) -> None:
-        pass
+        self._committed = list(self.tokens)
+        self.commits += 1
 
     def rollback(self) -> None:
-        pass
+        self.tokens = list(self._committed)
+        self.rollbacks += 1
 
-    def generate(self, messages, max_new_tokens=64, sampling=None, commit=True):
+    @property
+    def committed(self) -> list[str]:
+        return list(self._committed)
+
+    def generate(self, messages, max_new_tokens=64, sampling=None, commit=True, constraint=None):
         self.prompts.append(list(messages))
+        self.constraints.append(constraint)
         for word in self.script(list(messages)).split(" "):
+            self.tokens.append(word)
             yield GeneratedToken(0, word + " ")
+        if commit:
+            self.commit()
 
 
 def install(pipeline, script: Script) -> ScriptedLlm:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,6 +25,21 @@ from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+
+
+class DecodeConstraint(Protocol):
+    """What ``generate`` asks a constraint (``tool_grammar.ToolCallConstraint`` is one).
+
+    The text it sees is the reply's token pieces joined (``LlmTokenizer.pieces``), including
+    ``prefix``, which is prefilled with the prompt as if the model had written it.
+    """
+
+    prefix: str
+
+    def pick(self, logits: np.ndarray, text: str, sample: Callable[[np.ndarray], int],
+             pieces: Sequence[str], stop_ids: frozenset[int]) -> int | None: ...
+
+    def finished(self, text: str) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,13 @@ class LlmTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def pieces(self) -> list[str]:
+        """Every token's own text, by id ("" for special tokens); computed once (~0.15 s)."""
+        if not hasattr(self, "_pieces"):
+            ids = [[i] for i in range(self.tokenizer.get_vocab_size(with_added_tokens=True))]
+            self._pieces = self.tokenizer.decode_batch(ids, skip_special_tokens=True)
+        return self._pieces
 
 
 def chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
@@ -258,32 +280,54 @@ class LlmSession:
         max_new_tokens: int = 128,
         sampling: SamplingConfig = SamplingConfig(),
         commit: bool = True,
+        constraint: DecodeConstraint | None = None,
     ) -> Iterator[GeneratedToken]:
         """Yield the reply token by token (text as soon as it is whole UTF-8), stopping at a stop token.
 
         With ``commit`` the finished reply becomes the rollback point; a caller that stops
-        iterating early (barge-in) decides itself: ``rollback()`` or ``commit()``.
+        iterating early (barge-in) decides itself: ``rollback()`` or ``commit()``. With
+        ``constraint`` the reply starts with its ``prefix`` (prefilled with the prompt, yielded as
+        tokens) and it chooses each token; ``finish_reason`` is "tool_call" when it ends the reply.
         """
         rng = np.random.default_rng(sampling.seed)
-        logits = self.prepare(self.prompt_ids(messages, max_new_tokens))
+        forced = self.tokenizer.encode(constraint.prefix) if constraint is not None and constraint.prefix else []
+        logits = self.prepare(self.prompt_ids(messages, max_new_tokens) + forced)
+        pieces = self.tokenizer.pieces() if constraint is not None else []
         reply: list[int] = []
-        emitted = ""
+        emitted, said = "", ""  # the text yielded; the pieces joined (what the constraint reads)
         self.finish_reason = "length"
-        for _ in range(max_new_tokens):
-            token = sample_token(logits, sampling, rng)
-            if token in self.stop_ids:
+        for token in forced:
+            reply.append(token)
+            delta = self._delta(reply, emitted)
+            emitted, said = emitted + delta, said + pieces[token]
+            yield GeneratedToken(token, delta)
+        for _ in range(max_new_tokens - len(forced)):
+            if constraint is None:
+                token = sample_token(logits, sampling, rng)
+            else:
+                token = constraint.pick(logits, said, lambda x: sample_token(x, sampling, rng), pieces, self.stop_ids)
+            if token is None or token in self.stop_ids:
                 self.finish_reason = "stop"
                 break
             reply.append(token)
-            text = self.tokenizer.decode(reply)
-            delta = "" if text.endswith("\ufffd") else text[len(emitted) :]
+            delta = self._delta(reply, emitted)
             emitted += delta
             yield GeneratedToken(token, delta)
+            if constraint is not None:
+                said += pieces[token]
+                if constraint.finished(said):
+                    self.finish_reason = "tool_call"
+                    break
             if len(self.tokens) >= self.max_context:
                 break
             logits = self.feed([token])
         if commit:
             self.commit()
+
+    def _delta(self, reply: list[int], emitted: str) -> str:
+        """The new text once ``reply`` decodes to whole UTF-8 ("" while a character is split)."""
+        text = self.tokenizer.decode(reply)
+        return "" if text.endswith("\ufffd") else text[len(emitted) :]
 
     def reply(self, messages: Sequence[Message], **options: Any) -> str:
         """The whole reply as one string (``generate`` collected)."""

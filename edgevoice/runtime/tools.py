@@ -14,6 +14,10 @@ Text outside the tags is spoken; the tags are not. When tools are registered, th
 gets ``ToolRunner.prompt()``: the tools' names, descriptions and argument schemas, and this
 convention. A result re-enters the conversation as a ``tool`` message (JSON with ``name``,
 ``ok`` and ``result`` or ``error``), and the agent speaks about it as soon as the floor is free.
+
+Whether a reply calls a tool, and the call's JSON, are decided while decoding (``constraint``):
+by default a lexical router over the tools' words forces the opening of a call, and a grammar
+from the tools' schemas keeps every call parseable and valid (``tool_router``, ``tool_grammar``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from edgevoice.errors import EdgevoiceError
+from edgevoice.runtime.tool_grammar import ToolCallConstraint, ToolGrammar
+from edgevoice.runtime.tool_router import ToolDecoding, tool_constraint
 
 _CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.S)
 _OPEN = "<tool_call>"
@@ -101,8 +107,11 @@ def split_tool_text(text: str, final: bool = False) -> tuple[str, list[ToolCall]
 class ToolRunner:
     """Registry plus worker pool. ``call`` returns at once; ``on_done`` gets the outcome later."""
 
-    def __init__(self, on_done: Callable[[ToolOutcome], None], workers: int = 4):
+    def __init__(self, on_done: Callable[[ToolOutcome], None], workers: int = 4,
+                 decoding: ToolDecoding = ToolDecoding()):
         self._tools: dict[str, Tool] = {}
+        self.decoding = decoding  # how calls are decided and written (replace it to change the policy)
+        self._grammar: ToolGrammar | None = None  # built on first use, again after a registration
         self._on_done = on_done
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgevoice-tool")
         self._next_id = 0
@@ -115,6 +124,7 @@ class ToolRunner:
             raise EdgevoiceError(f"tool name {tool.name!r} is empty or already registered")
         _check_schema(tool)
         self._tools[tool.name] = tool
+        self._grammar = None
 
     @property
     def tools(self) -> list[Tool]:
@@ -128,6 +138,14 @@ class ToolRunner:
             'To use one, write <tool_call>{"name": NAME, "arguments": {...}}</tool_call> and nothing '
             "else about it; its result comes back in a tool message, then answer with it."
         )
+
+    def constraint(self, messages: list[dict[str, str]]) -> ToolCallConstraint | None:
+        """How the LLM's next reply to ``messages`` may call tools (None when none is registered)."""
+        if not self._tools:
+            return None
+        if self._grammar is None:
+            self._grammar = ToolGrammar(self.tools)
+        return tool_constraint(self.tools, messages, self.decoding, self._grammar)
 
     def call(self, call: ToolCall) -> ToolCall:
         """Start ``call`` in the background; returns it with its id."""

@@ -45,6 +45,7 @@ class CascadeThinker:
     def warm_up(self) -> None:
         """Prefill the system prompt and history before the user speaks (think job)."""
         self.agent.llm.prepare(self._prefix_ids(""))
+        self.agent.llm.tokenizer.pieces()  # the tool grammar's token table (~0.15 s), off the first reply's path
 
     def partial(self, audio: np.ndarray, rate: int, turn: int) -> None:
         """Think while listening (partial job, on its own worker): a partial transcript; its stable
@@ -71,7 +72,7 @@ class CascadeThinker:
         started = time.perf_counter()
         transcript = self.agent.asr.transcribe(audio, rate).text.strip() if audio.size else ""
         gen.transcript = transcript
-        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative,
+        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative, reply=gen.id,
                    compute_s=time.perf_counter() - started)
         if not transcript or gen.cancelled.is_set():
             self._finish(gen)
@@ -111,9 +112,13 @@ class CascadeThinker:
     def _generate(self, gen: Generation, messages: list[dict[str, str]], new: list[dict[str, str]], turn: int) -> None:
         llm, agent = self.agent.llm, self.agent
         raw, spoken_upto, phrases, started_calls, first = "", 0, 0, 0, True
+        first_phrase_s = None  # LLM seconds until the first phrase went to the voice (the critical path)
         t0 = time.perf_counter()
         resampler = StreamingResampler(agent.voice.sample_rate, self.speaker_rate)
-        for token in llm.generate(messages, max_new_tokens=agent.max_new_tokens, sampling=agent.sampling, commit=False):
+        # Registered tools: the router may force a call, and a call is decoded under their grammar.
+        constraint = self.tools.constraint(messages) if self.tools is not None else None
+        for token in llm.generate(messages, max_new_tokens=agent.max_new_tokens, sampling=agent.sampling, commit=False,
+                                  constraint=constraint):
             if gen.cancelled.is_set():
                 break
             if first:
@@ -126,7 +131,9 @@ class CascadeThinker:
             started_calls = len(calls)
             cut = phrase_cut(speakable, spoken_upto, first=phrases == 0)
             if cut:
-                self._queue_phrase(gen, speakable[spoken_upto:cut], resampler)
+                llm_s = time.perf_counter() - t0  # before an inline voice job adds its own time
+                if self._queue_phrase(gen, speakable[spoken_upto:cut], resampler, turn) and first_phrase_s is None:
+                    first_phrase_s = llm_s
                 spoken_upto, phrases = cut, phrases + 1
         speakable, calls = split_tool_text(raw, final=True)
         for call in calls[started_calls:]:
@@ -135,25 +142,34 @@ class CascadeThinker:
             llm.rollback()  # the cache returns to the last committed turn
         else:
             llm.commit()
-            self._queue_phrase(gen, speakable[spoken_upto:], resampler)
+            llm_s = time.perf_counter() - t0
+            if self._queue_phrase(gen, speakable[spoken_upto:], resampler, turn) and first_phrase_s is None:
+                first_phrase_s = llm_s
         gen.text = speakable.strip()
-        self._emit(ev.REPLY_TEXT, turn=turn, text=gen.text, speculative=gen.speculative,
-                   cancelled=gen.cancelled.is_set(), compute_s=time.perf_counter() - t0)
+        self._emit(ev.REPLY_TEXT, turn=turn, text=gen.text, speculative=gen.speculative, reply=gen.id,
+                   cancelled=gen.cancelled.is_set(), compute_s=time.perf_counter() - t0,
+                   first_phrase_compute_s=first_phrase_s)
         self._remember(gen, new, raw.strip())
         self._finish(gen, resampler)
 
-    def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler) -> None:
-        if phrase.strip():
-            self.speak.submit(lambda: self._synthesize(gen, phrase, resampler))
+    def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int) -> bool:
+        """Hand ``phrase`` to the voice; False if there was nothing to say."""
+        if not phrase.strip():
+            return False
+        self.speak.submit(lambda: self._synthesize(gen, phrase, resampler, turn))
+        return True
 
-    def _synthesize(self, gen: Generation, phrase: str, resampler: StreamingResampler) -> None:
+    def _synthesize(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int) -> None:
         """Speak job: one phrase, clause by clause, into the reply."""
-        start = gen.reply.written
+        start, started = gen.reply.written, time.perf_counter()
         for piece in self.agent.tts.stream(phrase):
             if gen.cancelled.is_set():
                 return
             if piece.size:
+                silent_so_far = gen.reply.written == 0
                 gen.reply.append(resampler.process(piece))
+                if silent_so_far and gen.reply.written:  # the reply's first audio: the end of its critical path
+                    self._emit(ev.FIRST_SPEECH_CHUNK, turn=turn, reply=gen.id, compute_s=time.perf_counter() - started)
         gen.reply.mark_phrase(phrase, start)
 
     def _finish(self, gen: Generation, resampler: StreamingResampler | None = None) -> None:
