@@ -39,9 +39,9 @@ def export(
     budget = manifest.config.get("memory_budget")
     if budget is not None:
         console.print(budget_table(budget))
-    upstream = manifest.config.get("upstream_max_abs_error")
-    if upstream is not None:
-        console.print(f"torch port vs upstream {manifest.recipe}: max abs error {upstream:.1e}")
+    for part, measured in manifest.config.get("upstream", {}).items():
+        values = ", ".join(f"{k} {v:.2g}" for k, v in measured.items() if k not in ("against", "limits"))
+        console.print(f"{part}: torch port vs {measured['against']}: {values}", soft_wrap=True, highlight=False)
     console.print(f"wrote {manifest.directory} — {next_step(manifest, out)}", soft_wrap=True)
 
 

@@ -31,17 +31,34 @@ class RecipeComponent:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class UpstreamCheck:
+    """One part of a recipe against its upstream implementation on the same weights (``--verify``).
+
+    ``run`` returns named measurements; each has its own limit in ``limits`` (a length, a
+    probability and a logit error are not comparable, so no shared tolerance).
+    """
+
+    against: str  # what it is compared with, e.g. "faster-whisper (CTranslate2), same tiny.en weights"
+    run: Callable[[], dict[str, float]]  # measurement name -> value
+    limits: dict[str, float]  # measurement name -> the most it may be
+
+    def failures(self, measured: dict[str, float]) -> list[str]:
+        """'name value > limit' for every measurement over (or missing) its limit."""
+        return [f"{name} {value:.3g} > {self.limits.get(name, 0.0):g}" for name, value in measured.items()
+                if not value <= self.limits.get(name, 0.0)]
+
+
 @dataclass
 class Recipe:
-    """A model as export sees it: its components, config, and an upstream reference check."""
+    """A model as export sees it: its components, config, and its upstream reference checks."""
 
     name: str
     components: list[RecipeComponent]
     config: dict[str, Any]
-    # Optional: max abs difference of our torch components against the upstream implementation
-    # (e.g. Silero's own TorchScript model). Reported, and checked by --verify.
-    upstream_check: Callable[[], float] | None = None
-    upstream_atol: float = 1e-4
+    # Our torch ports against the implementations they port (e.g. Silero's own TorchScript model),
+    # by part of the recipe ("vad", "asr", "llm", ...). Reported, and enforced, by --verify.
+    upstream: dict[str, UpstreamCheck] = field(default_factory=dict)
     # Components whose graph is imported rather than exported from torch (e.g. a Piper voice):
     # builders called as build(out_dir, verify) that write their ONNX and describe it
     # (see recipes/cascade/piper.py: ImportedOnnxComponent).

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from edgevoice.models.vad import SileroVad, VadConfig
-from edgevoice.recipes.base import Recipe, RecipeComponent
+from edgevoice.recipes.base import Recipe, RecipeComponent, UpstreamCheck
 from edgevoice.weights.packages import package_file
 from edgevoice.weights.strict import load_state_strict
 from edgevoice.weights.torchscript import load_torchscript, read_torchscript_state
@@ -66,12 +66,12 @@ def recipe(sample_rate: int = 16000) -> Recipe:
         usable = len(verify_audio) - len(verify_audio) % chunk
         return [{"chunk": c[None]} for c in verify_audio[:usable].reshape(-1, chunk)]
 
-    def upstream_check() -> float:
+    def upstream_check() -> dict[str, float]:
         ours = model.streamer()
         feeds = parity_feeds()
         with torch.no_grad():
             probs = np.array([ours(torch.from_numpy(f["chunk"])).item() for f in feeds])
-        return float(np.max(np.abs(probs - upstream_probabilities(verify_audio, sample_rate))))
+        return {"prob_max_abs": float(np.max(np.abs(probs - upstream_probabilities(verify_audio, sample_rate))))}
 
     component = RecipeComponent(
         name="vad",
@@ -80,4 +80,7 @@ def recipe(sample_rate: int = 16000) -> Recipe:
         license=LICENSE,
         parity_feeds=parity_feeds,
     )
-    return Recipe(name="silero-vad", components=[component], config={"sample_rate": sample_rate}, upstream_check=upstream_check)
+    check = UpstreamCheck(f"{REQUIREMENT}'s own TorchScript model, same weights", upstream_check,
+                          {"prob_max_abs": 1e-4})
+    return Recipe(name="silero-vad", components=[component], config={"sample_rate": sample_rate},
+                  upstream={"vad": check})

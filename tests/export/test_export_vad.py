@@ -47,7 +47,9 @@ def test_parity_and_upstream_within_1e4(jetson_package):
     vad = jetson_package.component("vad")
     assert set(vad.parity) == {"prob", "context_out", "lstm_out"}
     assert max(vad.parity.values()) <= 1e-4
-    assert jetson_package.config["upstream_max_abs_error"] <= 1e-4
+    upstream = jetson_package.config["upstream"]["vad"]
+    assert upstream["prob_max_abs"] <= 1e-4 and upstream["limits"] == {"prob_max_abs": 1e-4}
+    assert "TorchScript" in upstream["against"]
 
 
 def test_onnx_graph_contract(jetson_package):

@@ -18,6 +18,7 @@ from edgevoice.recipes.base import Recipe
 from edgevoice.recipes.cascade.turn import LICENSE as TURN_LICENSE
 from edgevoice.recipes.cascade.turn import REQUIREMENT as TURN_REQUIREMENT
 from edgevoice.recipes.cascade.turn import turn_component
+from edgevoice.recipes.cascade.upstream import cascade_checks
 from edgevoice.recipes.cascade.voices import voice_choice
 from edgevoice.recipes.cascade.whisper import LICENSE as ASR_LICENSE
 from edgevoice.recipes.cascade.whisper import whisper_components
@@ -53,6 +54,6 @@ def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
             "licenses": {"vad": VAD_LICENSE, "turn": TURN_LICENSE, "asr": ASR_LICENSE, "llm": LLM_LICENSE, "tts": choice.license,
                          "phonemizer": "espeak-ng (GPL-3.0), run as a separate program"},
         },
-        upstream_check=vad.upstream_check,
+        upstream={**vad.upstream, **cascade_checks()},
         imported=[choice.build],
     )
