@@ -49,7 +49,8 @@ def devices(json_output: bool = typer.Option(False, "--json", help="Print device
         return
     table = Table("index", "name", "host API", "in", "out", "rate")
     for d in found:
-        mark = " (default in)" if d["default_input"] else " (default out)" if d["default_output"] else ""
+        defaults = [word for word, key in (("in", "default_input"), ("out", "default_output")) if d[key]]
+        mark = f" (default {'/'.join(defaults)})" if defaults else ""
         table.add_row(str(d["index"]), d["name"] + mark, d["hostapi"], str(d["max_input_channels"]),
                       str(d["max_output_channels"]), f"{d['default_samplerate']:.0f}")
     Console().print(table)

@@ -117,6 +117,7 @@ class DuplexDeviceIO(AudioIO):
         self._stopping = threading.Event()
         self._mic_written = threading.Event()  # set by the pump after each write to `mic`
         self._finished = False  # set by the backend when the stream ends on its own
+        self._callbacks_at_reopen: int | None = None  # stats.callbacks when the pump last reopened the stream
         # Barge-in hand-over, one counter per writer so no lock is needed: the runtime bumps
         # _flushes_requested; the pump empties `speaker` and bumps _fades_requested; the callback
         # fades out the block it is playing, drops the rest of the device queue, bumps _fades_done.
@@ -268,11 +269,35 @@ class DuplexDeviceIO(AudioIO):
 
     def _watch(self, silent_for: float) -> None:
         if self._finished or not self._stream_active():
-            self.error = EdgevoiceError(
-                f"the audio device stopped ({self.input_device.name} / {self.output_device.name}); "
-                f"was it unplugged? Check `edgevoice devices` and restart the session")
+            if not self._reopen():
+                self.error = self._stopped()
         elif silent_for > self.config.stall_seconds:
-            self.error = self._stalled(silent_for)
+            silent_since_reopen = self._callbacks_at_reopen == self.stats.callbacks
+            self.error = self._stopped() if silent_since_reopen else self._stalled(silent_for)
+
+    def _reopen(self) -> bool:
+        """The stream ended on its own: reopen it, unless the last reopened one never delivered audio.
+
+        PortAudio's ALSA host API ends a stream after an xrun on a sound server's ALSA plugin (the
+        pulse plugin's delay query fails right after recovering), so an end is not always an unplugged
+        device; one that is gone fails to reopen, or reopens and stays silent. The gap counts as an xrun.
+        """
+        if self._callbacks_at_reopen == self.stats.callbacks:
+            return False
+        try:
+            self._close_stream()
+            self._finished = False  # after the close: the old stream's finished callback has run
+            self._stream = self._open_stream()
+        except EdgevoiceError:
+            return False
+        self._callbacks_at_reopen = self.stats.callbacks
+        self.stats.xruns += 1
+        return True
+
+    def _stopped(self) -> EdgevoiceError:
+        return EdgevoiceError(
+            f"the audio device stopped ({self.input_device.name} / {self.output_device.name}); "
+            f"was it unplugged? Check `edgevoice devices` and restart the session")
 
     def _stalled(self, seconds: float) -> EdgevoiceError:
         return EdgevoiceError(
