@@ -184,7 +184,8 @@ def _check_backend_and_device(backend: str, device: str) -> None:
 
 
 def _check_sound_devices(audio_backend: str, input_device: str | None, output_device: str | None) -> None:
-    from edgevoice.audio.device_io import DeviceConfig, open_duplex
+    from edgevoice.audio.device_io import DeviceConfig
+    from edgevoice.audio.portaudio import open_duplex
 
     config = DeviceConfig(input_device=_device_spec(input_device), output_device=_device_spec(output_device))
     open_duplex(audio_backend, config)  # resolves both devices and checks their settings; opens nothing

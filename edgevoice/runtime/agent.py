@@ -95,7 +95,8 @@ class Agent:
 
     def microphone(self, backend: str = "sounddevice", **device_options: Any) -> AudioIO:
         """The sound card as audio I/O (``DeviceConfig`` fields as keywords), at the package's rates."""
-        from edgevoice.audio.device_io import DeviceConfig, open_duplex
+        from edgevoice.audio.device_io import DeviceConfig
+        from edgevoice.audio.portaudio import open_duplex
 
         return open_duplex(backend, DeviceConfig(**device_options), mic_rate=self.mic_rate, speaker_rate=self.speaker_rate)
 

@@ -12,14 +12,9 @@ import numpy as np
 import pytest
 
 import edgevoice.audio.devices
-from edgevoice.audio import device_io
-from edgevoice.audio.device_io import (
-    DeviceConfig,
-    DeviceInfo,
-    PyAudioIO,
-    SoundDeviceIO,
-    resolve_device,
-)
+from edgevoice.audio import device_io, portaudio
+from edgevoice.audio.device_io import DeviceConfig, DeviceInfo, resolve_device
+from edgevoice.audio.portaudio import PyAudioIO, SoundDeviceIO
 from edgevoice.errors import EdgevoiceError, MissingDependencyError
 
 DEVICES = [  # what query_devices() returns on a machine with a USB headset and an HDMI output
@@ -333,7 +328,7 @@ def fake_pyaudio():
 
 
 def test_pyaudio_callback_returns_the_output_bytes_and_counts_flags(monkeypatch):
-    monkeypatch.setattr(device_io, "import_pyaudio", fake_pyaudio)
+    monkeypatch.setattr(portaudio, "import_pyaudio", fake_pyaudio)
     io = PyAudioIO(DeviceConfig(output_device=0), mic_rate=16000, speaker_rate=22050)
     io._out_ring.write(np.full(100, 0.5, dtype=np.float32))
     captured = np.linspace(-1, 1, 160, dtype=np.float32)
@@ -347,7 +342,7 @@ def test_pyaudio_callback_returns_the_output_bytes_and_counts_flags(monkeypatch)
 
 
 def test_pyaudio_without_a_default_output_asks_for_a_device(monkeypatch):
-    monkeypatch.setattr(device_io, "import_pyaudio", fake_pyaudio)
+    monkeypatch.setattr(portaudio, "import_pyaudio", fake_pyaudio)
     before = FakePyAudioInstance.terminated
     with pytest.raises(EdgevoiceError, match="no default output device"):
         PyAudioIO(DeviceConfig(), mic_rate=16000)

@@ -289,7 +289,8 @@ def test_a_stream_that_stops_calling_back_ends_a_wait_with_an_error_not_silence(
     """talk on a stalled virtual card used to end the conversation quietly (status 0) at the first
     1 s wait for the microphone; a live stream has no end, so the wait reports the stall."""
     import edgevoice.audio.devices
-    from edgevoice.audio.device_io import DeviceConfig, SoundDeviceIO
+    from edgevoice.audio.device_io import DeviceConfig
+    from edgevoice.audio.portaudio import SoundDeviceIO
     from edgevoice.errors import EdgevoiceError
 
     info = {"name": "stalled", "max_input_channels": 1, "max_output_channels": 1, "default_samplerate": 16000.0}
@@ -340,7 +341,8 @@ class _DyingOnceStream(_StalledStream):
 
 def test_a_stream_that_portaudio_ends_after_an_xrun_is_reopened(monkeypatch):
     import edgevoice.audio.devices
-    from edgevoice.audio.device_io import DeviceConfig, SoundDeviceIO
+    from edgevoice.audio.device_io import DeviceConfig
+    from edgevoice.audio.portaudio import SoundDeviceIO
 
     info = {"name": "flaky", "max_input_channels": 1, "max_output_channels": 1, "default_samplerate": 16000.0}
     fake = SimpleNamespace(query_devices=lambda: [info], default=SimpleNamespace(device=[0, 0]),
