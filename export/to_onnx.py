@@ -94,6 +94,10 @@ def export_onnx(
             verbose=False,
         )
     model = program.model_proto
+    if component.stream.get("weights") == "int8":  # weight-only int8 as DequantizeLinear -> MatMul (TensorRT parses it)
+        from edgevoice.export.quantize import weights_int8_dq
+
+        weights_int8_dq(model)
     entry = _manifest_entry(component, model, precision, max_batch, opt_batch)
     _write_metadata(model, entry)
     onnx.save(model, str(path))
