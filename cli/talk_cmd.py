@@ -32,6 +32,8 @@ def talk(
     echo_cancellation: bool = typer.Option(None, help="Cancel the agent's own voice from the microphone (open speakers). "
                                            "Default: on live; off for a recording, which cannot contain the agent's voice."),
     think_while_listening: bool = typer.Option(True, help="Prepare the answer while the user is still speaking."),
+    semantic_endpointing: bool = typer.Option(True, help="End turns on the package's end-of-turn model (a thinking "
+                                              "pause is not the end); off: a fixed 600 ms of silence."),
     system_prompt: str = typer.Option(None, help="Instructions for the language model."),
     max_new_tokens: int = typer.Option(64, help="Longest reply, in tokens."),
     seed: int = typer.Option(0, help="Seed for sampling and the voice's noise."),
@@ -54,7 +56,8 @@ def talk(
         _check_sound_devices(audio_backend, input_device, output_device)
     if echo_cancellation is None:
         echo_cancellation = input is None
-    options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening)
+    options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening,
+                             semantic_endpointing=semantic_endpointing)
     agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
                   max_new_tokens=max_new_tokens, seed=seed, options=options)
     event_file = _open_events(events)

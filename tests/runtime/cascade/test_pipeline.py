@@ -110,6 +110,23 @@ def test_talk_command(cascade_package, tmp_path):
     assert bad.returncode == 1 and "NaN" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_talk_ends_turns_on_the_end_of_turn_model_unless_told_not_to(cascade_package, tmp_path):
+    def turn_taken(*flags: str) -> dict:
+        events = tmp_path / "events.jsonl"
+        cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(cascade_package.directory),
+               "--input", str(REPO / "examples" / "question.wav"), "--output", str(tmp_path / "o.wav"),
+               "--events", str(events), *flags]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        [taken] = [e["data"] for e in map(json.loads, events.read_text().splitlines()) if e["kind"] == "turn_taken"]
+        return taken
+
+    semantic = turn_taken()
+    assert semantic["endpoint"] == "model" and semantic["eot_prob"] >= 0.5 and semantic["silence_ms"] < 300
+    vad_only = turn_taken("--no-semantic-endpointing")
+    assert vad_only["endpoint"] == "vad" and vad_only["eot_prob"] is None and vad_only["silence_ms"] >= 600
+
+
 def test_talk_plays_a_recorded_conversation(cascade_package, tmp_path):
     """examples/conversation.wav: two questions, a barge-in ("Wait, tell me about dogs instead.")
     in the middle of the second answer, then a "mhm" during the third answer."""
