@@ -40,5 +40,6 @@ def test_engines_and_the_timing_cache_are_recorded(vad_package, monkeypatch):
     seen = []
     built = build_module.build_package(vad_package, progress=seen.append)
     assert built.component("vad").engine.compute_capability == "8.7"
-    assert {"vad.fp32.plan", "timing.cache"} <= set(built.files)
+    precision = built.component("vad").precision  # the target's default: fp16 on the Orin
+    assert precision == "fp16" and {f"vad.{precision}.plan", "timing.cache"} <= set(built.files)
     assert seen == ["vad: building TensorRT engine (this can take minutes)"]
