@@ -7,6 +7,7 @@ Converter errors go through the real command line: one line naming the tensor, e
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -33,11 +34,16 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgevoice.cli.main", *args], capture_output=True, text=True, timeout=300)
 
 
+STAGE_LINE = re.compile(r"^\d\d:\d\d:\d\d \+\d+\.\ds \S")  # export's progress when stderr is no terminal
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The one error line, last on stderr; anything before it must be a timestamped stage line."""
     assert result.returncode == 1, result.stderr + result.stdout
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in result.stderr and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+    assert "Traceback" not in result.stderr and lines and lines[-1].startswith("error: "), result.stderr
+    assert all(STAGE_LINE.match(line) for line in lines[:-1]), result.stderr
+    return lines[-1]
 
 
 @pytest.fixture(scope="module")
