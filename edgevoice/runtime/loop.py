@@ -3,8 +3,8 @@
 One ``step`` reads a frame of microphone audio with what the speaker played in the same instant
 (position-aligned), cancels the echo, hands the cleaned frame to the recipe's ``_listen``, lets the
 recipe move its other stages along (``_tick``: finished jobs, tool results, and the speaker feed
-this class implements), and reports audio problems as events. It never waits for a model: inference runs on the stages'
-workers, and the AudioIO's callback only copies between rings.
+this class implements), and reports audio problems as events. It never waits for a model:
+inference runs on the stages' workers, and the AudioIO's callback only copies between rings.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class ListenLoop:
 
     def summary(self) -> dict:
         """Turns, replies, the recipe's own figures, and every audio problem counted."""
-        summary = {
+        return {
             "turns": self.turn,
             "session_seconds": self.io.clock.now(),
             "replies": len(self.events.history(ev.AGENT_DONE)),
@@ -158,19 +158,6 @@ class ListenLoop:
             **self._recipe_summary(),
             **self.audio_summary(),
         }
-        if compute_takes_no_time(self.io):
-            self._label_virtual_latency(summary)
-        return summary
-
-    def _label_virtual_latency(self, summary: dict) -> None:
-        """In place: on a clock where compute takes no time the measured first-audio latency leaves
-        the engines out. Keep it under a name that says so, with the compute-inclusive estimate."""
-        if "first_audio_after_endpoint_s" not in summary:
-            return
-        virtual = summary.pop("first_audio_after_endpoint_s")
-        estimates = sorted(ev.estimated_live_first_audio(self.events.history()).values())
-        summary[ESTIMATED_LIVE_KEY] = estimates[len(estimates) // 2] if estimates else None  # the median, as measured
-        summary[VIRTUAL_CLOCK_KEY] = virtual
 
     def _recipe_summary(self) -> dict:
         return {}

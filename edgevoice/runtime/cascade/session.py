@@ -38,7 +38,7 @@ from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
 from edgevoice.runtime.events import EventBus
-from edgevoice.runtime.loop import ListenLoop
+from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY, ListenLoop, compute_takes_no_time
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import (
@@ -132,12 +132,16 @@ class DuplexSession(ListenLoop):
                 and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
 
     def _recipe_summary(self) -> dict:
-        latencies = ev.turn_latencies(self.events.history())
-        first_audio = sorted(t[ev.FIRST_AUDIO] for t in latencies.values() if ev.FIRST_AUDIO in t)
-        return {
-            "tool_calls": len(self.events.history(ev.TOOL_CALL)),
-            "first_audio_after_endpoint_s": first_audio[len(first_audio) // 2] if first_audio else None,
-        }
+        history = self.events.history()
+        measured = _median(t[ev.FIRST_AUDIO] for t in ev.turn_latencies(history).values() if ev.FIRST_AUDIO in t)
+        summary = {"tool_calls": len(self.events.history(ev.TOOL_CALL))}
+        if compute_takes_no_time(self.io):
+            # The measured latency leaves the engines out: say so, and add the compute-inclusive estimate.
+            summary[ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_first_audio(history).values())
+            summary[VIRTUAL_CLOCK_KEY] = measured
+        else:
+            summary["first_audio_after_endpoint_s"] = measured
+        return summary
 
     def close(self) -> None:
         """Stop every stage: cancel the reply, end the workers, drop pending tool calls."""
@@ -331,3 +335,8 @@ class DuplexSession(ListenLoop):
                 gen.cancel()
                 gen.reply.finish()
                 gen.done.set()
+
+
+def _median(values) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
