@@ -43,6 +43,7 @@ from edgevoice.errors import EdgevoiceError
 from edgevoice.models.smart_turn import SmartTurn
 from edgevoice.recipes.base import RecipeComponent
 from edgevoice.recipes.cascade.whisper import speech_like_signal
+from edgevoice.runtime.cascade.turn import last_window  # the runtime's cut: export feeds what the runtime will
 from edgevoice.weights.packages import package_file
 from edgevoice.weights.smart_turn import REQUIREMENT, load_smart_turn, shipped_onnx_path
 
@@ -55,14 +56,6 @@ VERIFY_SECONDS = (3.0, 9.0)  # --verify feeds: one short (left-padded) and one c
 # fp32 torch vs onnxruntime: the encoder's sums reorder (~1e-6 on the probability). fp16 runs the
 # encoder in half precision; the probability is a sigmoid, so its error stays below ~1e-2.
 PARITY_TOLERANCE = {"fp32": (1e-4, 0.0), "fp16": (2e-2, 0.0)}
-
-
-def last_window(audio: np.ndarray, window_samples: int) -> np.ndarray:
-    """The model's input for one turn: its last ``window_samples``, zero-padded on the left."""
-    audio = np.asarray(audio, dtype=np.float32).reshape(-1)
-    if audio.size >= window_samples:
-        return audio[audio.size - window_samples:].copy()
-    return np.concatenate([np.zeros(window_samples - audio.size, dtype=np.float32), audio])
 
 
 def stream_facts(model: SmartTurn) -> dict:
