@@ -22,7 +22,7 @@ from edgevoice.export.trt_check import check_trt_compatibility
 from edgevoice import __version__
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, DimRange, Manifest, file_record, write_manifest
-from edgevoice.recipes import load_recipe
+from edgevoice.recipes import check_model, load_recipe
 from edgevoice.recipes.base import Recipe
 from edgevoice.targets import TargetProfile, check_precision, load_target
 
@@ -64,7 +64,7 @@ def export_package(
     fit is refused before any graph is written, naming a precision or targets that would fit.
     """
     say = progress or (lambda _: None)
-    _check_model_name(model)  # a typo fails in one line, before any stage is reported
+    check_model(model)  # a typo fails in one line, before any stage is reported
     profile = load_target(target)
     precision = precision or profile.default_precision
     if precision not in EXPORTABLE:
@@ -194,13 +194,6 @@ def _check_upstream(recipe: Recipe, say: Progress) -> None:
             )
         measured[part] = {"against": check.against, **values, "limits": dict(check.limits)}
     recipe.config["upstream"] = measured
-
-
-def _check_model_name(model: str) -> None:
-    from edgevoice.recipes import RECIPES
-
-    if model not in RECIPES:
-        raise EdgevoiceError(f"unknown model '{model}'; known models: {', '.join(sorted(RECIPES))}")
 
 
 def _recipe_options(model: str, voice: str | None, weights: str | Path | None = None,

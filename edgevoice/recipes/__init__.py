@@ -29,7 +29,12 @@ def expected_components(name: str) -> tuple[str, ...] | None:
     return getattr(importlib.import_module(RECIPES[name]), "COMPONENTS", None)
 
 
-def load_recipe(name: str, **options):
+def check_model(name: str) -> None:
+    """One line naming the known models when ``name`` is not one (cheap: loads nothing)."""
     if name not in RECIPES:
         raise EdgevoiceError(f"unknown model '{name}'; known models: {', '.join(sorted(RECIPES))}")
+
+
+def load_recipe(name: str, **options):
+    check_model(name)
     return importlib.import_module(RECIPES[name]).recipe(**options)
