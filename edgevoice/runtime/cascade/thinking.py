@@ -45,7 +45,8 @@ class CascadeThinker:
     def warm_up(self) -> None:
         """Prefill the system prompt and history before the user speaks (think job)."""
         self.agent.llm.prepare(self._prefix_ids(""))
-        self.agent.llm.tokenizer.pieces()  # the tool grammar's token table (~0.15 s), off the first reply's path
+        if self.tools is not None and self.tools.tools:
+            self.agent.llm.tokenizer.pieces()  # the tool grammar's token table (~0.15 s), off the first reply's path
 
     def partial(self, audio: np.ndarray, rate: int, turn: int) -> None:
         """Think while listening (partial job, on its own worker): a partial transcript; its stable
