@@ -226,6 +226,25 @@ def talk_live(card: VirtualCard, package: Path, audio_backend: str, tmp_path: Pa
                            events=read_events(events), speaker=speaker, mic=mic, failed=failed)
 
 
+# PortAudio's ALSA path (through the pulse plugin) sometimes ends a stream after an underrun on a
+# busy machine: PaAlsaStream_WaitForFrames fails, the reopen finds no stream, and talk rightly says
+# the device stopped. That is PortAudio's, not edgevoice's, so that failure alone, and only once,
+# gets a second conversation; any other failure, or the same one twice, fails the test.
+ALSA_STREAM_ENDED = ("PaAlsaStream_WaitForFrames", "the audio device stopped")
+
+
+def talk_live_once_more_if_alsa_ended(card: VirtualCard, package: Path, audio_backend: str,
+                                      tmp_path: Path) -> SimpleNamespace:
+    try:
+        return talk_live(card, package, audio_backend, tmp_path)
+    except AssertionError as exc:
+        if not all(sign in str(exc) for sign in ALSA_STREAM_ENDED):
+            raise
+    again = tmp_path / "again"
+    again.mkdir()
+    return talk_live(card, package, audio_backend, again)
+
+
 @pytest.fixture(scope="module")
 def live_package(cascade_package) -> Path:
     return cascade_package.directory
@@ -254,7 +273,7 @@ def test_talk_live_hears_the_question_and_answers_on_the_speaker(virtual_card, l
             import pyaudio  # noqa: F401
         except ImportError:
             unavailable("PyAudio is not installed: pip install -e '.[pyaudio]' (needs portaudio19-dev and a C compiler)")
-    talk = talk_live(virtual_card, live_package, audio_backend, tmp_path)
+    talk = talk_live_once_more_if_alsa_ended(virtual_card, live_package, audio_backend, tmp_path)
     assert talk.returncode == 0, talk.failed(f"talk exited with status {talk.returncode} after Ctrl-C")
     kinds = [e["kind"] for e in talk.events]
     assert loud_seconds(talk.mic) > 1.0, "the question never reached the virtual microphone"
