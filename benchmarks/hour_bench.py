@@ -5,8 +5,10 @@ held as a ``Timeline`` — goes through a ``DuplexSession`` with echo cancellati
 Whisper, SmolLM2 and Piper engines, stages inline (deterministic). It reports the process RSS
 over the run (it must stay flat), every xrun counter, and the CPU cost of the runtime itself per
 20 ms of audio while listening: each listen step's wall time minus the time spent inside the
-VAD engine (rings, echo cancellation, VAD glue, turn policy, scheduling; the device callback and
-pump are measured separately by ``audio_bench.py``).
+VAD engine, split into where it goes: the device stand-in (``FileIO``'s simulated capture and
+playback, which a live session replaces by the device callback and pump that ``audio_bench.py``
+measures), echo cancellation (AEC3), and the rest: the runtime's own glue (aligned ring reads,
+frame bookkeeping, VAD feeds, turn policy, events, scheduling).
 
     python benchmarks/hour_bench.py --package engines/cpu [--minutes 60] [--every 300] [--json FILE]
 """
@@ -43,18 +45,23 @@ def rss_mb() -> float:
     return float("nan")
 
 
-class TimedStream:
-    """Wraps the session's VAD stream to add up the time spent inside the engine."""
+class Timed:
+    """Wraps a callable to add up the time spent inside it."""
 
-    def __init__(self, stream):
-        self.stream, self.seconds = stream, 0.0
+    def __init__(self, call):
+        self.call, self.seconds = call, 0.0
 
-    def __call__(self, feeds):
+    def __call__(self, *args, **kwargs):
         start = time.perf_counter()
         try:
-            return self.stream(feeds)
+            return self.call(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
+
+
+def per_20ms(samples: list[float]) -> dict:
+    samples = sorted(samples)
+    return {"median": round(statistics.median(samples), 4), "p90": round(samples[int(0.9 * len(samples))], 4)}
 
 
 def timeline(minutes: float, every: float) -> Timeline:
@@ -69,30 +76,40 @@ def soak(package: str, minutes: float, every: float) -> dict:
     recording = timeline(minutes, every)
     io = FileIO(recording, mic_rate=RATE, speaker_rate=22050, keep_played_s=30.0)
     session = DuplexSession(CascadePipeline(package), io, SessionOptions(threaded=False))
-    vad = session._vad = TimedStream(session._vad)
-    rss, glue_ms, next_mark, frame_ms = [], [], 60.0, 1000 * session.frame / RATE
+    # Parts of a listening step timed apart: (name, wrapper); the rest of the step is the runtime's glue.
+    parts = {"vad_engine": Timed(session._vad), "device_stand_in": Timed(io.wait_for_mic),
+             "echo_cancellation": Timed(session._echo.process)}
+    session._vad, io.wait_for_mic, session._echo.process = (parts["vad_engine"], parts["device_stand_in"],
+                                                            parts["echo_cancellation"])
+    rss, next_mark, scale = [], 60.0, 20 * RATE / (1000 * session.frame)  # per step -> per 20 ms of audio
+    step_ms: dict[str, list[float]] = {name: [] for name in ("step_minus_vad", *parts, "runtime_glue")}
     started = time.perf_counter()
     with io:
         while io.clock.now() < minutes * 60:
             idle = session.idle
-            before_vad, t0 = vad.seconds, time.perf_counter()
+            before, t0 = {name: part.seconds for name, part in parts.items()}, time.perf_counter()
             if not session.step():
                 break
             if idle and session.idle:  # a pure listening step: no model but the VAD ran
-                glue_ms.append((time.perf_counter() - t0 - (vad.seconds - before_vad)) * 1000 * 20 / frame_ms)
+                spent = {name: (part.seconds - before[name]) * 1000 * scale for name, part in parts.items()}
+                total = (time.perf_counter() - t0) * 1000 * scale
+                for name, ms in spent.items():
+                    step_ms[name].append(ms)
+                step_ms["step_minus_vad"].append(total - spent["vad_engine"])
+                step_ms["runtime_glue"].append(total - sum(spent.values()))
             if io.clock.now() >= next_mark:
                 rss.append((round(io.clock.now() / 60, 1), round(rss_mb(), 1)))
                 next_mark += 300.0
     session.close()
-    glue_ms.sort()
     return {
         "minutes": minutes, "question_every_s": every, "wall_s": round(time.perf_counter() - started, 1),
         "rss_mb_by_minute": rss, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "summary": session.summary(),
         "transcripts": [e.data["text"] for e in session.events.history(ev.TRANSCRIPT)],
         "warnings": [e.data for e in session.events.history(ev.WARNING)],
-        "runtime_glue_ms_per_20ms": {"median": round(statistics.median(glue_ms), 4),
-                                     "p90": round(glue_ms[int(0.9 * len(glue_ms))], 4), "steps": len(glue_ms)},
+        "listening_steps": len(step_ms["runtime_glue"]),
+        # step_minus_vad is the figure earlier entries called the glue (it held AEC3 and the stand-in)
+        "ms_per_20ms_while_listening": {name: per_20ms(ms) for name, ms in step_ms.items()},
     }
 
 
