@@ -62,7 +62,10 @@ class TurnOptions:
     """Timing of turn-taking; every duration in milliseconds."""
 
     threshold: float = 0.5  # speech probability that counts as speech
-    onset_ms: float = 32.0  # speech this long starts a user turn (or pauses the agent): two VAD frames
+    # Speech frames in a row that start a user turn (or pause the agent). Counted in frames, not in
+    # clock time: frames reach the policy in bursts when the loop runs late, and two frames stamped
+    # 30 ms apart held a third frame's wait (~32 ms) before every barge-in.
+    onset_frames: int = 2
     endpoint_silence_ms: float = 600.0  # silence this long ends the user's turn
     min_turn_ms: float = 250.0  # shorter utterances are dismissed as noise
     backchannel_max_ms: float = 600.0  # speech over the agent shorter than this is a backchannel
@@ -80,7 +83,9 @@ class TurnOptions:
         for name in ("threshold", "eot_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
-        for name in ("onset_ms", "endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
+        if self.onset_frames < 1:
+            raise ValueError(f"onset_frames must be at least 1, got {self.onset_frames}")
+        for name in ("endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
                      "min_level", "eot_first_check_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -146,6 +151,7 @@ class VadTurnPolicy(TurnPolicy):
         super().__init__()
         self.options = options
         self._run_start: float | None = None  # start of the current run of speech frames
+        self._run_frames = 0  # speech frames in the current run
         self._onset_reported = False  # the current run already produced its onset decision
         self.turn_end: TurnEnd | None = None  # how the last user turn was judged over
 
@@ -160,15 +166,16 @@ class VadTurnPolicy(TurnPolicy):
         return self._agent_has_floor(time, speech, onset)
 
     def _track_onset(self, time: float, speech: bool) -> bool:
-        """True once per run of speech, when it has lasted ``onset_ms``."""
+        """True once per run of speech, when it has lasted ``onset_frames`` frames."""
         if not speech:
-            self._run_start = None
+            self._run_start, self._run_frames = None, 0
             return False
         self.last_speech = time
         if self._run_start is None:
             self._run_start = time
             self._onset_reported = False
-        if not self._onset_reported and (time - self._run_start) * 1000 >= self.options.onset_ms:
+        self._run_frames += 1
+        if not self._onset_reported and self._run_frames >= self.options.onset_frames:
             self._onset_reported = True
             return True
         return False

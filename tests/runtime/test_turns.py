@@ -41,6 +41,16 @@ def test_quiet_frames_do_not_count_as_speech():
         assert policy.update(i * FRAME, 0.99, 0.0001) is Decision.NONE  # VAD says speech, level says echo residue
 
 
+def test_onset_counts_frames_not_clock_time():
+    """Two speech frames start a turn even when the loop ran late and handed both over at once."""
+    policy = agent_speaking()
+    assert policy.update(10.0, 0.95, 0.1) is Decision.NONE
+    assert policy.update(10.0, 0.95, 0.1) is Decision.PAUSE  # same clock time: a burst of two frames
+    listening = VadTurnPolicy(TurnOptions(onset_frames=3))
+    assert [d for _, d in feed(listening, "ss.sss")] == [Decision.USER_STARTED]
+    assert listening.speech_start == pytest.approx(4 * FRAME)  # the run of three, not the broken one
+
+
 def agent_speaking() -> VadTurnPolicy:
     policy = VadTurnPolicy()
     feed(policy, "s" * 20 + "." * 25)

@@ -158,13 +158,13 @@ def test_nan_and_clipped_input_are_recovered_and_reported(cascade_package):
     assert "capital" in texts(session, ev.TRANSCRIPT)[0]  # the conversation went on (clipped speech is harder to hear)
 
 
-def test_on_open_speakers_a_barge_in_stops_the_agent_within_300_ms(cascade_package):
-    """Echo cancellation on, the agent's voice echoing back through the room. AEC3's suppressor
-    also attenuates the user's first syllable while the agent talks (double talk), so the onset
-    is seen later than on a headset (measured 193 ms here; 150 ms is met without the echo path,
-    ``test_barge_in_stops_audio_within_150_ms``). An energy-based double-talk detector on the raw
-    microphone was tried and dropped: with the user only ~6 dB above the echo it either missed
-    the onset or interrupted the agent on its own voice."""
+def test_on_open_speakers_a_barge_in_stops_the_agent_within_150_ms(cascade_package):
+    """Echo cancellation on, the agent's voice echoing back through the room. Measured on this
+    conversation, frame by frame: the VAD on AEC3's output crosses 0.5 on the same frame as on the
+    headset (onset + ~90 ms); the 193 ms measured before came from the onset rule, which counted
+    clock time and so waited for a third frame when two arrived together. An energy-based
+    double-talk detector on the raw microphone was tried and dropped: with the user only ~6 dB above
+    the echo it either missed the onset or interrupted the agent on its own voice."""
     q1, interrupt = espeak("Can you tell me a fun fact about cats?"), espeak("Wait, tell me about dogs instead.")
     lead, gap = silence(0.5), silence(2.5)  # endpoint (0.6 s) + about 1.9 s into the answer
     recording = np.concatenate([lead, q1, gap, interrupt, silence(6.0)])
@@ -175,6 +175,6 @@ def test_on_open_speakers_a_barge_in_stops_the_agent_within_300_ms(cascade_packa
     session.close()
     onset = (len(lead) + len(q1) + len(gap)) / RATE + first_voiced(interrupt) / RATE
     pauses = session.events.history(ev.BARGE_IN)
-    assert pauses and onset <= pauses[0].time <= onset + 0.3, ([p.time for p in pauses], onset)
+    assert pauses and onset <= pauses[0].time <= onset + 0.15, ([p.time for p in pauses], onset)
     assert len(pauses) == 1 and session.events.history(ev.CANCEL_DONE)  # and never for its own voice
     assert "dog" in texts(session, ev.TRANSCRIPT)[-1].lower()
