@@ -1,12 +1,14 @@
 """Decoder-only LLM of the Llama family (Llama, SmolLM, Qwen2) as streaming components.
 
 One ``LlmModel`` holds the weights (parameter names as in Hugging Face checkpoints, so a
-safetensors directory loads one to one). Two ``LlmStep`` views of it are exported as separate
-graphs sharing those weights:
+safetensors directory loads one to one). An ``LlmStep`` view of it is exported as a graph:
 
-    llm_prefill: step(input_ids (B, tokens), position (B,), k_cache_0, v_cache_0, ...)
-                 -> (logits (B, vocab), hidden (B, hidden), k_cache_0', v_cache_0', ...)   tokens 1..64
-    llm_decode:  the same with tokens = 1 static (TensorRT/CUDA graphs like a fixed shape)
+    llm: step(input_ids (B, tokens), position (B,), k_cache_0, v_cache_0, ...)
+         -> (logits (B, vocab), hidden (B, hidden), k_cache_0', v_cache_0', ...)   tokens 1..64
+
+The cascade ships that one graph for prompt chunks and one-token decode steps (TensorRT gets a
+profile for each role). ``LlmStep(tokens=1)`` is the same step with a static token dim, as packages
+made before that shipped it (``llm_decode``, beside ``llm_prefill``).
 
 ``position`` is the absolute index of the first new token: its keys/values are written at cache
 rows position..position+tokens-1. Each layer has its own k and v state (B, kv_heads, max_context,
@@ -24,6 +26,7 @@ speech adapter (``LlmStep(..., inputs="embeds")``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +44,47 @@ from edgevoice.streaming import InputSpec, StateSpec, StreamingModule
 
 
 @dataclass(frozen=True)
+class Llama3RopeScaling:
+    """Llama-3.1/3.2 rotary frequency scaling (config.json ``rope_scaling`` with rope_type "llama3").
+
+    Wavelengths longer than original_context / low_freq_factor are slowed by ``factor``, those
+    shorter than original_context / high_freq_factor are kept, and the band between is blended.
+    """
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_context: int  # "original_max_position_embeddings"
+
+    def scale(self, inv_freq: torch.Tensor) -> torch.Tensor:
+        """Scaled frequencies (same shape); computed in float64, returned as float32."""
+        freq = inv_freq.double()
+        wavelen = 2 * math.pi / freq
+        low_wavelen = self.original_context / self.low_freq_factor  # longer than this: slowed
+        high_wavelen = self.original_context / self.high_freq_factor  # shorter than this: kept
+        blend = (self.original_context / wavelen - self.low_freq_factor) / (self.high_freq_factor - self.low_freq_factor)
+        blended = (1 - blend) * freq / self.factor + blend * freq
+        scaled = torch.where(wavelen > low_wavelen, freq / self.factor, freq)
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return torch.where(medium, blended, scaled).float()
+
+
+class ScaledRotaryEmbedding(RotaryEmbedding):
+    """RotaryEmbedding whose frequencies go through a ``Llama3RopeScaling``, also after dtype casts."""
+
+    def __init__(self, head_dim: int, base: float, scaling: Llama3RopeScaling):
+        super().__init__(head_dim, base)
+        self.scaling = scaling
+        self.inv_freq = scaling.scale(self.inv_freq)
+
+    def _frequencies(self, head_dim: int, base: float) -> torch.Tensor:  # type: ignore[override]
+        # RotaryEmbedding recomputes frequencies after a cast through this hook; keep them scaled.
+        plain = RotaryEmbedding._frequencies(head_dim, base)
+        scaling = getattr(self, "scaling", None)  # absent while RotaryEmbedding.__init__ runs
+        return plain if scaling is None else scaling.scale(plain)
+
+
+@dataclass(frozen=True)
 class LlmConfig:
     """Shape of a Llama-family decoder. Defaults are SmolLM2-135M-Instruct."""
 
@@ -53,6 +97,7 @@ class LlmConfig:
     ffn: int = 1536  # SwiGLU inner width
     rope_base: float = 100000.0  # rotary frequency base ("rope_theta")
     rms_eps: float = 1e-5  # RMSNorm epsilon
+    rope_scaling: Llama3RopeScaling | None = None  # Llama-3.1/3.2 long-context frequency scaling
     tie_word_embeddings: bool = True  # LM head reuses the token embedding matrix
     qkv_bias: bool = False  # biases on q/k/v projections (Qwen2)
     max_context: int = 1024  # KV cache capacity in tokens: fixed, it is a graph state shape
@@ -116,7 +161,8 @@ class LlmModel(nn.Module):
         super().__init__()
         self.config = config
         self.model = LlamaBackbone(config)
-        self.rotary = RotaryEmbedding(config.head_dim, config.rope_base)
+        self.rotary = (RotaryEmbedding(config.head_dim, config.rope_base) if config.rope_scaling is None
+                       else ScaledRotaryEmbedding(config.head_dim, config.rope_base, config.rope_scaling))
         # Tied checkpoints have no lm_head tensor: the head multiplies by the embedding matrix.
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden, config.vocab_size, bias=False)
 

@@ -52,11 +52,17 @@ class LogMel(nn.Module):
     It reproduces faster-whisper's features: the clamp to (max - 8) takes the max over the
     ``length // hop + 1`` frames its extractor computes, and frames from ``length // hop`` on are
     zero, as its ``pad_or_trim`` leaves them.
+
+    With ``whole_window=True`` it reproduces openai-whisper's
+    ``log_mel_spectrogram(pad_or_trim(audio))`` instead (what VocalNet feeds its encoder): the max
+    runs over every frame of the padded window and padding frames keep their computed values;
+    ``length`` is then not needed.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, n_frames: int):
+    def __init__(self, sample_rate: int, n_fft: int, hop: int, n_mels: int, n_frames: int, whole_window: bool = False):
         super().__init__()
         self.n_fft, self.hop, self.n_frames = n_fft, hop, n_frames
+        self.whole_window = whole_window
         n = np.arange(n_fft)
         window = 0.5 - 0.5 * np.cos(2 * np.pi * n / n_fft)  # periodic Hann
         freqs = np.arange(n_fft // 2 + 1)[:, None] * n[None] * 2 * np.pi / n_fft  # (bins, n_fft)
@@ -66,7 +72,7 @@ class LogMel(nn.Module):
         filters = slaney_mel_filters(sample_rate, n_fft, n_mels)
         self.register_buffer("filters", torch.tensor(filters, dtype=torch.float32), persistent=False)
 
-    def forward(self, audio: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, length: torch.Tensor | None = None) -> torch.Tensor:
         # audio: (B, S) zero-padded PCM, length: (B,) valid samples -> features (B, n_mels, n_frames)
         half = self.n_fft // 2
         # Reflect padding by hand (center=True): a Pad op in reflect mode is avoided for TensorRT.
@@ -78,6 +84,11 @@ class LogMel(nn.Module):
         power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2  # (B, bins, F)
         mel = torch.matmul(self.filters, power)  # (B, n_mels, F)
         log_mel = torch.log10(torch.clamp(mel, min=1e-10))
+        if self.whole_window:
+            peak = log_mel.amax(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+            return (torch.maximum(log_mel, peak - 8.0) + 4.0) / 4.0
+        if length is None:
+            raise ValueError("LogMel needs the valid sample count `length` unless whole_window=True")
         frame = torch.arange(self.n_frames, device=audio.device)[None, None]  # (1, 1, F)
         last = (length // self.hop)[:, None, None]  # (B, 1, 1)
         # log10 of clamped power is >= -10, so -100 can never win the max.
