@@ -15,8 +15,13 @@ the log floor). ``feats`` is after global CMVN, ``(x - mean) * istd``; the carri
 kept raw, before CMVN, like the reference's feature ring.
 
 Everything from a frame's samples up to its complex spectrum (DC removal, pre-emphasis, window,
-DFT) is linear, so it is one fixed (514, 1, 400) basis computed in float64 and applied as a
-strided Conv1d: no FFT op (TensorRT 10.3 has none), no framing gather.
+DFT) is linear, so it is a fixed basis computed in float64 and applied as a strided Conv1d: no FFT
+op (TensorRT 10.3 has none), no framing gather, nothing but float32 in the graph. The basis comes
+in two exactly equivalent forms with different float32 rounding (``spectrum_bases``); each
+spectrum row comes from the better conditioned one per frame, which keeps weak bins next to strong
+ones within ~3e-4 log units of the float64 result (the reference's own float32 pipeline,
+torchaudio's ``kaldi.fbank``, and kaldi-native-fbank are each up to ~1e-2 off it on speech: see
+tests/models/freeze_omni/test_frontend_kaldi.py).
 """
 
 from __future__ import annotations
@@ -89,24 +94,45 @@ def kaldi_mel_banks(config: FbankConfig) -> torch.Tensor:
     return torch.cat([banks, torch.zeros(config.mel_bins, 1, dtype=torch.float64)], dim=1).T
 
 
-def frame_to_spectrum_basis(config: FbankConfig) -> torch.Tensor:
-    """(2 * (n_fft // 2 + 1), 1, frame_length) float64: frame samples -> [real; imag] spectrum.
-
-    Composes DC removal, pre-emphasis (first sample against itself, as Kaldi does), the povey
-    window and the zero-padded DFT into one linear map.
-    """
+def _povey_dft(config: FbankConfig) -> torch.Tensor:
+    """(2 * (n_fft // 2 + 1), frame_length) float64: povey-windowed, zero-padded DFT rows [real; imag]."""
     n = config.frame_length
+    taps = torch.arange(n, dtype=torch.float64)
+    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * taps / (n - 1))
+    bins = torch.arange(config.n_fft // 2 + 1, dtype=torch.float64)
+    angle = 2 * math.pi * bins[:, None] * taps[None, :] / config.n_fft  # (bins, n)
+    return torch.cat([torch.cos(angle), -torch.sin(angle)]) * hann.pow(config.window_power)
+
+
+def spectrum_bases(config: FbankConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two exact float64 routes from a frame to its [real; imag] spectrum, as Conv1d weights.
+
+    Returns ``basis`` (2 * rows, 2, frame_length) over the input channels [first difference, samples],
+    rows = 2 * (n_fft // 2 + 1) = 514 per route, and ``norms`` (3, rows): the weight norms of the
+    direct route, the differenced route's difference part and its sample part, which scale each
+    route's float32 rounding.
+
+    Route "direct" (rows 0..rows-1) reads only the samples: DC removal, pre-emphasis (first sample
+    against itself, as Kaldi does), window and DFT composed into one map. Route "differenced"
+    rewrites pre-emphasis as ``y[i] = (x[i] - x[i-1]) + (1 - a) (x[i-1] - mean)``: the first
+    difference (exact in float32 for int16-range samples) goes through the plain windowed DFT and
+    only the ``1 - a = 0.03`` share still sees the raw samples. Both are the same linear map in
+    exact arithmetic; they differ in which float32 errors they make (see ``FoFrontend.spectrum``).
+    """
+    n, a = config.frame_length, config.preemphasis
     eye = torch.eye(n, dtype=torch.float64)
     remove_dc = eye - torch.full((n, n), 1.0 / n, dtype=torch.float64)
     previous = torch.diag(torch.ones(n - 1, dtype=torch.float64), -1)
-    previous[0, 0] = 1.0  # x[-1] := x[0]
-    preemphasis = eye - config.preemphasis * previous
-    hann = 0.5 - 0.5 * torch.cos(2 * math.pi * torch.arange(n, dtype=torch.float64) / (n - 1))
-    windowed = torch.diag(hann.pow(config.window_power)) @ preemphasis @ remove_dc  # (n, n)
-    bins = torch.arange(config.n_fft // 2 + 1, dtype=torch.float64)
-    angle = 2 * math.pi * bins[:, None] * torch.arange(n, dtype=torch.float64)[None, :] / config.n_fft
-    dft = torch.cat([torch.cos(angle), -torch.sin(angle)])  # (2 * bins, n)
-    return (dft @ windowed).unsqueeze(1)
+    previous[0, 0] = 1.0  # x[-1] := x[0]: the frame's first difference is 0
+    dft = _povey_dft(config)  # (rows, n)
+    direct = dft @ (eye - a * previous) @ remove_dc
+    of_difference = dft.clone()
+    of_difference[:, 0] = 0.0  # the first sample's difference with itself
+    of_samples = (1.0 - a) * (dft @ previous @ remove_dc)
+    zeros = torch.zeros_like(dft)
+    basis = torch.cat([torch.stack([zeros, direct], 1), torch.stack([of_difference, of_samples], 1)])
+    norms = torch.stack([direct.norm(dim=1), of_difference.norm(dim=1), of_samples.norm(dim=1)])
+    return basis, norms
 
 
 class FoFrontend(StreamingModule):
@@ -116,13 +142,17 @@ class FoFrontend(StreamingModule):
         super().__init__()
         self.config = config
         self.chunk_size = config.chunk_samples
-        self.register_buffer("spectrum_basis", frame_to_spectrum_basis(config).float(), persistent=False)
+        basis, norms = spectrum_bases(config)
+        self.register_buffer("spectrum_basis", basis.float(), persistent=False)  # (2 * rows, 2, 400)
+        self.register_buffer("route_norms", norms.float()[:, None, :, None], persistent=False)  # (3, 1, rows, 1)
+        # Summed squares per frame of each input channel, for the rounding estimates.
+        self.register_buffer("frame_sum", torch.eye(2)[:, :, None].expand(2, 2, config.frame_length).clone(), persistent=False)
         self.register_buffer("mel_banks", kaldi_mel_banks(config).float(), persistent=False)
         # Global CMVN statistics: weights, loaded from the checkpoint (or computed from global_cmvn).
         self.register_buffer("cmvn_mean", torch.zeros(config.mel_bins))
         self.register_buffer("cmvn_istd", torch.ones(config.mel_bins))
 
-    def set_compute_dtype(self, dtype: torch.dtype) -> "FoFrontend":
+    def set_compute_dtype(self, dtype: torch.dtype) -> FoFrontend:
         # Power spectra of int16-range audio reach ~1e14, far past fp16: the front end stays float32.
         return self
 
@@ -136,12 +166,35 @@ class FoFrontend(StreamingModule):
         c = self.config
         return (StateSpec("samples", (1, c.carry_samples)), StateSpec("frames", (1, c.overlap_frames, c.mel_bins)))
 
+    def spectrum(self, samples: torch.Tensor) -> torch.Tensor:
+        """[real; imag] spectra (B, rows, frames) of scaled samples (B, N), snip_edges framing.
+
+        In float32 a spectrum row's rounding error scales with (input norm) x (weight norm), not
+        with the row's value, so a weak bin next to strong ones (speech's low-energy mid and high
+        bins, the skirts of a tone) loses digits. Each row is computed by both exact routes of
+        ``spectrum_bases`` and taken from the one whose estimated error is smaller for this frame:
+        the direct route wins where the first difference is large (high-frequency content), the
+        differenced one where the samples are dominated by low frequencies (voiced speech, hum).
+        """
+        c = self.config
+        first_difference = torch.cat([torch.zeros_like(samples[:, :1]), samples[:, 1:] - samples[:, :-1]], dim=1)  # (B, N)
+        channels = torch.stack([first_difference, samples], dim=1)  # (B, 2, N)
+        both = nn.functional.conv1d(channels, self.spectrum_basis, stride=c.frame_shift)  # (B, 2 * rows, F)
+        rows = both.shape[1] // 2
+        direct, differenced = both[:, :rows], both[:, rows:]
+        energy = nn.functional.conv1d(channels.square(), self.frame_sum, stride=c.frame_shift)  # (B, 2, F)
+        difference_norm, sample_norm = energy[:, :1].sqrt(), energy[:, 1:].sqrt()  # (B, 1, F) each
+        direct_error = sample_norm * self.route_norms[0]  # (B, rows, F)
+        differenced_error = difference_norm * self.route_norms[1] + sample_norm * self.route_norms[2]
+        return torch.where(differenced_error < direct_error, differenced, direct)
+
     def log_mel(self, samples: torch.Tensor) -> torch.Tensor:
         """Raw Kaldi log-mel of scaled samples (B, N) -> (B, frames, mel_bins), snip_edges framing."""
-        spectrum = nn.functional.conv1d(samples.unsqueeze(1), self.spectrum_basis, stride=self.config.frame_shift)
+        spectrum = self.spectrum(samples)  # (B, 2 * bins, frames)
         half = spectrum.shape[1] // 2
         power = spectrum[:, :half].square() + spectrum[:, half:].square()  # (B, bins, frames)
         energies = torch.matmul(power.transpose(1, 2), self.mel_banks)  # (B, frames, mel_bins)
+        # Kaldi floors at float32 epsilon before the log (max, not an added offset).
         return torch.clamp(energies, min=torch.finfo(torch.float32).eps).log()
 
     def normalize(self, fbank: torch.Tensor) -> torch.Tensor:
