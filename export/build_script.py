@@ -20,25 +20,32 @@ def engine_file(component: Component) -> str:
     return f"{component.name}.{component.precision}.plan"
 
 
-def profile_shapes(component: Component) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """min/opt/max shape of every input, from the named dynamic dims' ranges."""
+def profile_shapes(component: Component, ranges: dict[str, list[int]] | None = None) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """min/opt/max shape of every input, from the named dynamic dims' ranges (``ranges`` overrides some)."""
+    dims_range = {name: (r.min, r.opt, r.max) for name, r in component.dynamic_dims.items()} | {
+        name: tuple(r) for name, r in (ranges or {}).items()}
     shapes = {}
     for spec in component.inputs:
         triple = []
-        for which in ("min", "opt", "max"):
-            dims = []
-            for d in spec.shape:
-                dims.append(getattr(component.dynamic_dims[d], which) if isinstance(d, str) else d)
-            triple.append(tuple(dims))
+        for which in range(3):  # min, opt, max
+            triple.append(tuple(dims_range[d][which] if isinstance(d, str) else d for d in spec.shape))
         shapes[spec.name] = tuple(triple)
     return shapes
+
+
+def component_profiles(component: Component) -> tuple[dict[str, tuple[tuple[int, ...], ...]], ...]:
+    """One optimization profile, or one per ``stream["trt_profiles"]`` entry (the LLM: prefill, decode)."""
+    declared = component.stream.get("trt_profiles")
+    if not declared:
+        return (profile_shapes(component),)
+    return tuple(profile_shapes(component, entry["dims"]) for entry in declared)
 
 
 def engine_spec(directory: Path, component: Component, target: TargetProfile) -> EngineBuildSpec:
     return EngineBuildSpec(
         onnx_path=directory / component.onnx,
         engine_path=directory / engine_file(component),
-        profiles=(profile_shapes(component),),
+        profiles=component_profiles(component),
         workspace_mb=target.build.workspace_mb or 1024,
         builder_optimization_level=target.build.builder_optimization_level,
         timing_cache_path=directory / TIMING_CACHE,

@@ -7,7 +7,9 @@ output channel and zero point 0 (TensorRT quantization is symmetric) behind a st
 onnxruntime (1.32, ENABLE_EXTENDED and up) fuses each DequantizeLinear -> MatMul into its own
 ``MatMulNBits`` (bits=8, accuracy_level 4: int8 activations per block) at load, so the file stays
 standard while the CPU runs integer kernels; ENABLE_BASIC leaves the DequantizeLinear running every
-step (~3 tok/s). Numbers in BENCHMARKS.md (2026-12-04).
+step (~3 tok/s). Numbers in BENCHMARKS.md (2026-12-04). The cascade applies it at export to its
+one ``llm`` graph (``llm_weights="int8"``), so prefill chunks and decode steps read the same int8
+weights: 223 MB in the package, where the two graphs of older packages carried them twice.
 
 Two more forms, both onnxruntime-loadable and both refused by TensorRT's ONNX parser (10.3 and later):
 

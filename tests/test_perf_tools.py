@@ -20,10 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_plan_counts_the_llm_and_shares_jetson_memory(cascade_package):
     plan = plan_package(cascade_package, load_target("jetson-orin-nano"))
-    decode = plan.component("llm_decode")
+    decode, prefill = plan.component("llm:decode"), plan.component("llm:prefill")  # one graph, two profiles
     # SmolLM2-135M: ~2 FLOPs per weight per token plus attention over a 1024-token cache.
     assert 0.25e9 < decode.flops < 0.5e9 and not decode.flops_partial and decode.bound == "memory"
     assert decode.state_bytes == 30 * 2 * 3 * 1024 * 64 * 4
+    assert decode.dims["tokens"] == 1 and prefill.dims["tokens"] == 16 and 10 * decode.flops < prefill.flops
+    assert decode.param_bytes == prefill.param_bytes  # the same weights, planned once per role
     assert plan.component("tts").flops_partial  # data-dependent frame count: said, not guessed
     memory = plan.memory
     assert memory["shared_with_cpu"] and memory["available_bytes"] < 8e9 and memory["fits"]
@@ -31,11 +33,12 @@ def test_plan_counts_the_llm_and_shares_jetson_memory(cascade_package):
 
 
 def test_plan_is_a_lower_bound_of_measured_steps_on_this_cpu(cascade_package):
-    names = ("vad", "asr_decoder", "llm_decode")
+    names = ("vad", "asr_decoder", "llm")
     plan = plan_package(cascade_package, load_target("cpu"), components=names)
     result = run_bench(cascade_package, BenchConfig(steps=5, warmup=2, components=names, turn=False))
+    planned = {"llm": "llm:prefill"}  # bench steps a component at its opt dims: the LLM's prefill profile
     for c in result["components"]:
-        predicted_ms = plan.component(c["name"]).lower_bound_s * 1e3
+        predicted_ms = plan.component(planned.get(c["name"], c["name"])).lower_bound_s * 1e3
         ratio = c["latency_ms"]["median"] / predicted_ms
         print(f"{c['name']}: measured {c['latency_ms']['median']:.3f} ms, predicted >= {predicted_ms:.3f} ms, ratio {ratio:.1f}")
         assert ratio > 1.0, f"{c['name']} ran faster than its roofline lower bound: the planner undercounts"
@@ -79,7 +82,9 @@ def test_plan_cli_json(cascade_package):
     assert done.returncode == 0, done.stderr
     plan = json.loads(done.stdout)
     assert plan["schema"] == "edgevoice.plan/1" and plan["target"] == "h100"
-    assert {c["name"] for c in plan["components"]} == set(cascade_package.components)
+    # one plan per component, per optimization profile where it has several (llm:prefill, llm:decode)
+    assert {c["name"].split(":")[0] for c in plan["components"]} == set(cascade_package.components)
+    assert {"llm:prefill", "llm:decode"} <= {c["name"] for c in plan["components"]}
 
 
 def load_gpu_suite():

@@ -4,8 +4,9 @@ The order matters: the GPU is checked before any TensorRT object exists (the lea
 segfaults without one), and the engine's TensorRT version and compute capability are checked
 against this machine before deserializing (``manifest.check_engine`` names the rebuild command).
 
-Per session (``stream()``) the runner makes one execution context and keeps the state on the
-device: two sets of state buffers, the engine reads one and writes the other through
+Per session (``stream()``) the runner makes one execution context per optimization profile it
+uses (most engines have one; the cascade's LLM has a prefill and a decode profile, and each call
+runs on the narrowest profile that holds its shapes) and keeps the state on the device: two sets of state buffers, the engine reads one and writes the other through
 ``set_tensor_address``, and the roles swap after each ``execute_async_v3`` (ping-pong, no copy).
 With ``cuda_graphs`` each (input shapes, bound addresses) is captured once after one plain run
 and replayed with ``cudaGraphLaunch``; the key holds every address bound to the context (the
@@ -136,9 +137,37 @@ class TrtRunner(Runner):
         self.stream_handle = int(self.cuda_stream)  # execute_async_v3 takes the raw handle, not the wrapper
         self._host_session: TrtStream | None = None
 
-    def new_context(self) -> Any:
-        """One execution context per session."""
-        return self.engine.create_execution_context()
+    @property
+    def profiles(self) -> list[dict[str, Any]]:
+        """The engine's optimization profiles as the manifest declares them (``stream["trt_profiles"]``,
+        in build order); empty: one profile, the component's dynamic dims."""
+        return list(self.component.stream.get("trt_profiles") or [])
+
+    def new_context(self, profile: int = 0) -> Any:
+        """An execution context on optimization profile ``profile`` (one per profile a session uses)."""
+        context = self.engine.create_execution_context()
+        if profile and not context.set_optimization_profile_async(profile, self.stream_handle):
+            raise EdgevoiceError(f"{self.component.name}: TensorRT refused optimization profile {profile}; "
+                                 f"rebuild the engine with `edgevoice build`")
+        return context
+
+    def profile_for(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """The profile a call runs on: the narrowest declared one whose ranges hold the feeds' dims.
+
+        The cascade's LLM declares prefill (tokens 1..64) then decode (tokens 1): a one-token step
+        runs on the decode profile's kernels, a prompt chunk on the prefill profile's.
+        """
+        # An engine from build.sh (trtexec) holds profile 0 only: it runs every call.
+        profiles = self.profiles[: getattr(self.engine, "num_optimization_profiles", 1)]
+        if len(profiles) < 2:
+            return 0
+        dims = {}
+        for spec in self.component.inputs:
+            if spec.name in feeds:
+                dims |= {d: n for d, n in zip(spec.shape, np.shape(feeds[spec.name])) if isinstance(d, str)}
+        fitting = [(sum(hi - lo for lo, _, hi in p["dims"].values()), i) for i, p in enumerate(profiles)
+                   if all(lo <= dims.get(d, lo) <= hi for d, (lo, _, hi) in p["dims"].items())]
+        return min(fitting)[1] if fitting else 0  # none fits: profile 0 refuses the shape with its reason
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The stateless path: state comes in as host arrays and goes out as outputs.
@@ -156,7 +185,8 @@ class TrtStream:
     def __init__(self, runner: TrtRunner, batch_size: int | None = 1):
         self.runner, self.batch_size = runner, batch_size
         self.cudart = runner.cudart
-        self.context = runner.new_context()
+        self.contexts = {0: runner.new_context()}  # profile -> its context, made when first needed
+        self.profile = 0  # the profile of the current call
         self.wiring = dict(runner.component.state)  # state output -> state input
         names = [s.name for s in (*runner.component.inputs, *runner.component.outputs)]
         skip = {*self.wiring.values(), *runner.data_dependent}
@@ -164,17 +194,29 @@ class TrtStream:
         self.state_sides = [{}, {}]  # ping-pong: state input name -> DeviceBuffer
         self.side = 0  # which set holds the current state
         self.graphs = GraphCache(self._destroy_graph)
-        self.allocator = self._attach_allocator() if runner.data_dependent else None
+        self.allocator = _output_allocator(runner.trt, self.cudart) if runner.data_dependent else None
+        if self.allocator is not None:
+            self._attach_allocator(self.context)
         if batch_size is not None:
             self.reset()
 
-    def _attach_allocator(self) -> Any:
-        allocator = _output_allocator(self.runner.trt, self.cudart)
+    @property
+    def context(self) -> Any:
+        return self.contexts[self.profile]
+
+    def _use_profile(self, profile: int) -> None:
+        if profile not in self.contexts:
+            self.contexts[profile] = self.runner.new_context(profile)
+            if self.allocator is not None:
+                self._attach_allocator(self.contexts[profile])
+        self.profile = profile
+
+    def _attach_allocator(self, context: Any) -> None:
+        allocator = self.allocator
         for name in self.runner.data_dependent:
-            if not self.context.set_output_allocator(name, allocator):
+            if not context.set_output_allocator(name, allocator):
                 raise EdgevoiceError(f"{self.runner.component.name}: TensorRT refused an output allocator for "
                                      f"'{name}' (needs TensorRT 8.5 or newer); use --backend ort")
-        return allocator
 
     def _state_buffer(self, side: int, name: str) -> DeviceBuffer:
         return self.state_sides[side].setdefault(name, DeviceBuffer(self.cudart))
@@ -203,6 +245,7 @@ class TrtStream:
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.runner._validate(feeds, state_held=True)
+        self._use_profile(self.runner.profile_for(feeds))
         key = self._bind(feeds, self.side)
         self._launch(key, allow_graph=self.runner.graphs_allowed)
         outputs = self._fetch_step_outputs()
@@ -212,6 +255,7 @@ class TrtStream:
     def run_all(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Stateless call (``Runner.infer``): state inputs come from ``feeds``, state outputs are returned."""
         state = {n: feeds[n] for n in self.wiring.values()}
+        self._use_profile(self.runner.profile_for(feeds))
         self.restore(state)
         key = self._bind({n: v for n, v in feeds.items() if n not in state}, self.side)
         self._launch(key, allow_graph=False)
@@ -249,7 +293,8 @@ class TrtStream:
             if not context.set_tensor_address(name, address):
                 raise EdgevoiceError(f"{self.runner.component.name}: TensorRT refused the address of '{name}'")
         self.graphs.prune(self._live_addresses())  # graphs bound to freed memory must never replay
-        return GraphCache.key({n: np.shape(v) for n, v in feeds.items()}, bound)
+        # A graph replays one context's launch: the profile is part of its key (beside the shapes).
+        return GraphCache.key({**{n: np.shape(v) for n, v in feeds.items()}, "<profile>": (self.profile,)}, bound)
 
     def _live_addresses(self) -> list[int]:
         held = [*self.buffers.values(), *(b for side in self.state_sides for b in side.values())]

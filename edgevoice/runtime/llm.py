@@ -1,8 +1,10 @@
-"""The LLM at run time: tokenizer, chat formatting, sampling and a session over two engines.
+"""The LLM at run time: tokenizer, chat formatting, sampling and a session over the LLM engine.
 
-Runs on numpy + a Runner only (no torch). ``LlmSession`` drives ``llm_prefill`` (prompt chunks
-of up to ``prefill_max_tokens``) and ``llm_decode`` (one token per call) over one KV cache that
-both graphs read and write at a position. It remembers which tokens the cache holds, so a new
+Runs on numpy + a Runner only (no torch). ``LlmSession`` drives the package's ``llm`` graph, whose
+"tokens" dim is dynamic: prompt chunks of up to ``prefill_max_tokens`` and then one token per call,
+over one KV cache read and written at a position. Packages exported before that graph hold two,
+``llm_prefill`` (chunks) and ``llm_decode`` (one token), over the same cache; ``from_manifest``
+opens whichever the manifest has. The session remembers which tokens the cache holds, so a new
 turn prefills only what differs from the cached conversation; stale rows past the position are
 masked by the graph, so moving the position back is a rollback.
 
@@ -25,6 +27,8 @@ from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
+LLM_COMPONENT = "llm"  # one graph: prefill chunks and decode steps
+LEGACY_LLM_COMPONENTS = ("llm_prefill", "llm_decode")  # packages exported before the one graph
 
 
 class DecodeConstraint(Protocol):
@@ -178,11 +182,26 @@ class LlmSnapshot:
     state: dict[str, np.ndarray]
 
 
-class LlmSession:
-    """One conversation over shared prefill/decode runners: its own KV cache and token history."""
+def llm_components(manifest) -> tuple[str, ...]:
+    """The LLM graphs of a package: ("llm",), or ("llm_prefill", "llm_decode") in an older package."""
+    if LLM_COMPONENT in manifest.components:
+        return (LLM_COMPONENT,)
+    if all(name in manifest.components for name in LEGACY_LLM_COMPONENTS):
+        return LEGACY_LLM_COMPONENTS
+    return (manifest.component(LLM_COMPONENT).name,)  # absent: raises, naming what is there and the fix
 
-    def __init__(self, prefill: Runner, decode: Runner, tokenizer_path: str | Path, facts: Mapping[str, Any] | None = None):
-        self.prefill_runner, self.decode_runner = prefill, decode
+
+class LlmSession:
+    """One conversation over shared LLM runners: its own KV cache and token history.
+
+    ``decode`` None: ``prefill``'s graph (dynamic "tokens" dim) also runs the one-token steps,
+    as the ``llm`` component of a package does; older packages pass their ``llm_decode`` runner.
+    """
+
+    def __init__(self, prefill: Runner, decode: Runner | None, tokenizer_path: str | Path,
+                 facts: Mapping[str, Any] | None = None):
+        self.prefill_runner = prefill
+        self.decode_runner = decode if decode is not None else prefill
         self.facts = dict(facts if facts is not None else prefill.component.stream)
         self.max_context: int = int(self.facts["max_context"])
         self.chunk: int = int(self.facts["prefill_max_tokens"])
@@ -197,10 +216,15 @@ class LlmSession:
     def from_manifest(cls, manifest, backend: str = "ort", device: str = "cpu") -> LlmSession:
         from edgevoice.backends import open_runner
 
-        prefill = open_runner(manifest, "llm_prefill", backend=backend, device=device)
-        decode = open_runner(manifest, "llm_decode", backend=backend, device=device)
-        stream = manifest.component("llm_prefill").stream
-        return cls(prefill, decode, manifest.path(stream["tokenizer"]), stream)
+        names = llm_components(manifest)
+        runners = [open_runner(manifest, name, backend=backend, device=device) for name in names]
+        stream = manifest.component(names[0]).stream
+        return cls(runners[0], runners[1] if len(runners) > 1 else None, manifest.path(stream["tokenizer"]), stream)
+
+    @property
+    def one_graph(self) -> bool:
+        """Whether one graph runs prompt chunks and decode steps (False for a two-graph package)."""
+        return self.decode_runner is self.prefill_runner
 
     # --- state ------------------------------------------------------------------------------
 
@@ -240,7 +264,8 @@ class LlmSession:
         return outputs["logits"][0]  # (vocab,)
 
     def feed(self, ids: Sequence[int]) -> np.ndarray:
-        """Append ``ids`` to the cache (prefill chunks; decode for single tokens); logits after the last."""
+        """Append ``ids`` to the cache in chunks of up to ``prefill_max_tokens`` (a two-graph package's
+        decode graph takes the single tokens); logits after the last."""
         if not ids:
             raise EdgevoiceError("feed needs at least one token")
         logits = None

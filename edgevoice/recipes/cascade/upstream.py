@@ -3,7 +3,8 @@
 - vad: Silero's own TorchScript model (``recipes/silero_vad.py``)
 - turn: the Smart Turn graph shipped in pipecat-ai, fed by pipecat's own feature extractor
 - asr: faster-whisper (CTranslate2) on the same tiny.en files: encoder output and transcript
-- llm: transformers loading the same GGUF: logits over a chat prompt, and greedy tokens
+- llm: transformers loading the same GGUF: logits over a chat prompt, and greedy tokens from the
+  step the package ships as its one ``llm`` graph (prompt chunks, then one token per call)
 - tts: the voice's own shipped graph; its import measures that (component parity in the manifest)
 
 Each measurement has its own limit (``UpstreamCheck.limits``), stated where it is made. The speech
@@ -52,7 +53,7 @@ def cascade_checks() -> dict[str, UpstreamCheck]:
             f"transformers loading the same {GGUF_NAME}",
             llm_vs_transformers,
             # Logits span about +-30; fp32 on both sides, summation order only (the LLM tests use 2e-3).
-            {"logits_max_abs": 2e-3, "greedy_tokens_differ": 0.0},
+            {"logits_max_abs": 2e-3, "step_logits_max_abs": 2e-3, "greedy_tokens_differ": 0.0},
         ),
     }
 
@@ -148,11 +149,18 @@ def _greedy_tokens(decoder, cross, facts: dict) -> list[int]:
 
 
 def llm_vs_transformers() -> dict[str, float]:
+    """Our SmolLM2 against transformers: full-sequence logits, and the shipped step (the ``llm``
+    component, one graph for prefill and decode) both in its prefill logits and its greedy tokens."""
+    import tempfile
+
+    from edgevoice.recipes.llm import llm_components
+
     transformers = _reference_library("transformers", "transformers")
     path = smollm2_gguf_path()
     reference = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                                   dtype=torch.float32).eval()
     loaded = load_llm(None, max_context=256)
+    (component,) = llm_components(loaded=loaded, cache_dir=tempfile.mkdtemp(prefix="edgevoice-llm-check-"))
     from tokenizers import Tokenizer
 
     ids = Tokenizer.from_str(loaded.tokenizer_json).encode(CHAT_PROMPT, add_special_tokens=False).ids
@@ -161,19 +169,29 @@ def llm_vs_transformers() -> dict[str, float]:
         ours, theirs = loaded.model(prompt)[0], reference(prompt).logits[0].float()
         expected = reference.generate(prompt, max_new_tokens=GREEDY_TOKENS, do_sample=False,
                                       eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
-        got = _greedy_continuation(loaded.model, ids, GREEDY_TOKENS)
+        got, prompt_logits = _greedy_through_step(component.module, ids, GREEDY_TOKENS)
     return {
         "logits_max_abs": float((ours - theirs).abs().max()),
+        "step_logits_max_abs": float((prompt_logits - theirs[-1]).abs().max()),
         "greedy_tokens_differ": float(sum(a != b for a, b in zip(got, expected)) + abs(len(got) - len(expected))),
     }
 
 
-def _greedy_continuation(model, ids: list[int], count: int) -> list[int]:
-    """``count`` greedy tokens after ``ids`` from full-sequence calls (the cached steps are tested apart)."""
-    tokens = list(ids)
-    for _ in range(count):
-        tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
-    return tokens[len(ids):]
+def _greedy_through_step(step, ids: list[int], count: int) -> tuple[list[int], torch.Tensor]:
+    """``count`` greedy tokens as the runtime makes them with the one graph: the prompt in chunks of
+    up to ``prefill_max_tokens``, then one token per call, all through the same step and KV cache.
+    Also the logits after the prompt (vocab,)."""
+    state, position, chunk = step.init_state(1), 0, step.config.prefill_max_tokens
+    feed, out, prompt_logits = list(ids), [], None
+    while len(out) < count:
+        for start in range(0, len(feed), chunk):
+            piece = feed[start : start + chunk]
+            logits, _, *state = step.step(torch.tensor([piece]), torch.tensor([position]), *state)  # logits (1, vocab)
+            position += len(piece)
+        prompt_logits = logits[0] if prompt_logits is None else prompt_logits
+        out.append(int(logits[0].argmax()))
+        feed = [out[-1]]
+    return out, prompt_logits
 
 
 def _reference_library(module: str, pip_name: str):

@@ -18,7 +18,35 @@ def test_every_measurement_has_its_own_limit():
     checks = upstream.cascade_checks()
     assert set(checks) == {"turn", "asr", "llm"}
     assert checks["asr"].limits == {"encoder_max_abs": 2e-3, "transcript_differs": 0.0}
-    assert checks["llm"].limits == {"logits_max_abs": 2e-3, "greedy_tokens_differ": 0.0}
+    assert checks["llm"].limits == {"logits_max_abs": 2e-3, "step_logits_max_abs": 2e-3, "greedy_tokens_differ": 0.0}
+
+
+def test_llm_greedy_check_runs_the_one_graph_step_in_both_roles():
+    """The check's greedy tokens come from the shipped step, prompt in chunks then one token per call,
+    and equal greedy argmax over full-sequence calls (what transformers' ``generate`` computes,
+    ``GenerationMixin._sample`` with do_sample=False), here on a small random model."""
+    import torch
+
+    from edgevoice.models.llm import LlmConfig, LlmModel, LlmStep
+
+    torch.manual_seed(0)
+    config = LlmConfig(vocab_size=64, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, ffn=48,
+                       max_context=32, prefill_max_tokens=4)
+    model = LlmModel(config).eval()
+    ids = [3, 17, 5, 40, 9, 22, 8]  # 7 tokens: chunks of 4 and 3
+    step = LlmStep(model, tokens=None)
+    calls = []
+    original = step.step
+    step.step = lambda first, *rest: calls.append(first.shape[1]) or original(first, *rest)
+    with torch.no_grad():
+        got, prompt_logits = upstream._greedy_through_step(step, ids, 5)
+        tokens = list(ids)
+        for _ in range(5):
+            tokens.append(int(model(torch.tensor([tokens]))[0, -1].argmax()))
+        full = model(torch.tensor([ids]))[0, -1]
+    assert got == tokens[len(ids):]
+    assert calls == [4, 3, 1, 1, 1, 1]  # prefill chunks, then single tokens through the same step
+    torch.testing.assert_close(prompt_logits, full, atol=1e-4, rtol=0)
 
 
 def test_a_measurement_over_its_limit_fails_the_export_naming_it():
