@@ -54,6 +54,10 @@ class SamplingConfig:
     top_k: int = 0  # keep the k most likely tokens; 0 = no limit
     top_p: float = 1.0  # keep the smallest set whose probability reaches top_p; 1 = no limit
     seed: int | None = None  # seed of the numpy Generator; None = fresh entropy
+    # Nucleus boundary. True (Hugging Face ``generate``'s rule, the cascade's): the token whose
+    # probability carries the sum past top_p is kept. False (Freeze-Omni's ``AudioLLM._post_decode``):
+    # only tokens whose cumulative sum stays <= top_p are kept, the most likely one always.
+    top_p_keeps_crossing: bool = True
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
@@ -74,8 +78,11 @@ def sample_token(logits: np.ndarray, config: SamplingConfig, rng: np.random.Gene
     probs = np.exp(scaled[order] - scaled[order[0]])
     probs /= probs.sum()
     if config.top_p < 1.0:
-        # Keep tokens until the cumulative mass reaches top_p (the token crossing it included).
-        keep = int(np.searchsorted(np.cumsum(probs), config.top_p) + 1)
+        cumulative = np.cumsum(probs)
+        if config.top_p_keeps_crossing:  # up to the first sum >= top_p, that token included
+            keep = int(np.searchsorted(cumulative, config.top_p) + 1)
+        else:  # every sum <= top_p, at least the top token
+            keep = max(1, int(np.searchsorted(cumulative, config.top_p, side="right")))
         order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
     return int(order[rng.choice(len(order), p=probs)])
 

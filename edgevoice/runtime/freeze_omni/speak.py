@@ -29,6 +29,7 @@ from edgevoice.errors import EdgevoiceError
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.freeze_omni.speech_tokens import (
     CodecStreamConfig,
+    LivePlan,
     SpeechAudioStream,
     SpeechTokenRule,
     TopKSampler,
@@ -37,35 +38,69 @@ from edgevoice.runtime.freeze_omni.speech_tokens import (
 
 _SENTENCE_END = tuple("。：？！.?!\n")
 _CLAUSE_END = tuple(",，:")
-_MARKUP = re.compile(r"[*_`~#]")
+_LIST_NUMBER = re.compile(r"\d\.\Z")  # "2." numbers a list item, it does not end a sentence
 
 
 @dataclass(frozen=True)
 class SegmentRule:
-    """When the reply text is cut into a segment for the speech decoder (the reference server's rule)."""
+    """When the reply text is cut into a segment for the speech decoder (``bin/server.py`` ``generate``).
+
+    The reference cuts after a sentence end (or, for the first segment and once 20 states wait,
+    a clause end) once 4 states wait; nothing else. ``max_tokens`` adds a forced cut that the
+    reference does not make: off by default. The pipeline still cuts where the package's speech
+    decoder runs out of prefix rows, since a longer segment would lose its first hidden states.
+    """
 
     min_tokens: int = 4  # hidden states a segment needs before a punctuation cut
     clause_after_tokens: int = 20  # from this many pending states a comma cuts too (always for the first)
-    max_tokens: int = 40  # cut here whatever the text
+    max_tokens: int | None = None  # cut here whatever the text (not in the reference); None: never
     blind_tokens: int = 8  # segment length when the package has no tokenizer (no text to read punctuation from)
 
-    def cut(self, increment: str, pending: int, first: bool, blind: bool = False) -> bool:
-        """Cut after a token whose text increment is ``increment``, with ``pending`` states waiting."""
-        if pending >= (self.blind_tokens if blind else self.max_tokens):
+    def cut(self, increment: str, pending: int, first: bool, blind: bool = False, before: str = "",
+            capacity: int | None = None) -> bool:
+        """Cut after a token whose text increment is ``increment``, with ``pending`` states waiting.
+
+        ``before`` is the reply text before the increment: Qwen2 writes "1" and "." as two tokens,
+        so the list-number guard has to read the accumulated text, as the reference does.
+        ``capacity`` is the most states one segment can take (the speech decoder's prefix rows).
+        """
+        limits = [n for n in (self.blind_tokens if blind else self.max_tokens, capacity) if n is not None]
+        if limits and pending >= min(limits):
             return True
         if pending < self.min_tokens or not increment or "\ufffd" in increment:
             return False  # a split UTF-8 character is never a place to cut
         stripped = increment.rstrip(" ")
         if stripped.endswith(_SENTENCE_END):
-            return not re.search(r"\d\.$", stripped)  # "2." numbers a list, it does not end a sentence
+            return not _LIST_NUMBER.search(before + stripped)
         return stripped.endswith(_CLAUSE_END) and (first or pending >= self.clause_after_tokens)
 
 
+_TO_COMMA = str.maketrans({"、": "，", "(": ",", ")": ",", "（": "，", "）": "，"})
+_DROPPED = re.compile(r"[\n\r\t*_`~]")  # line breaks, tabs and markdown emphasis
+_SPACE_AFTER_STOP = re.compile(r"([.:])\s+")
+_HAN = re.compile(r"[\u4e00-\u9fa5]")
+_LIST_ITEM_HAN = re.compile(r"(\d+)\.\s*([\u4e00-\u9fa5A-Za-z])")
+_LIST_ITEM = re.compile(r"(\d+)\.\s*(\w)")
+_FINAL_STOPS = tuple("。？！.?!")
+_FINAL_PAUSES = tuple(",，;；:：、")
+
+
 def clean_segment_text(text: str) -> str:
-    """Text a segment is spoken from: markup stripped, a final stop ensured (as the reference's post_process)."""
-    text = _MARKUP.sub("", text).strip()
-    if text and not text.endswith(_SENTENCE_END):
-        text += "."
+    """The text a segment is spoken from: the reference's ``post_process`` (``models/pipeline.py``).
+
+    Brackets and the enumeration comma become commas; line breaks, tabs and ``*_`~`` go; spaces
+    after "." and ":" go; "1. x" becomes "1:x" ("1：x" in Chinese text); the segment ends with
+    "。", which replaces a trailing comma, semicolon or colon. The speech decoder was trained on
+    text shaped this way, so its tokens must match it.
+    """
+    text = _DROPPED.sub("", text.translate(_TO_COMMA))
+    text = _SPACE_AFTER_STOP.sub(r"\1", text)
+    if _HAN.search(text):
+        text = _LIST_ITEM_HAN.sub("\\1：\\2", text)
+    else:
+        text = _LIST_ITEM.sub(r"\1:\2", text)
+    if text and not text.endswith(_FINAL_STOPS):
+        text = (text[:-1] if text.endswith(_FINAL_PAUSES) else text) + "。"
     return text
 
 
@@ -86,7 +121,10 @@ class SpeechOptions:
     top_k: int | None = None  # None: the package's (the reference's decoder_top_k, 2); 1 = greedy
     max_tokens: int = 1000  # speech tokens per segment (25 s at 40 Hz); EOS usually comes first
     seed: int | None = 0  # of the top-k sampler
-    codec: CodecStreamConfig | None = None  # None: the FIFO the package records for its codec
+    codec: CodecStreamConfig | None = None  # one FIFO for every segment; None: the package's
+    # The reference server's first packet (LivePlan) where the package records server.json;
+    # False: every segment decodes as the offline ``bin/inference.py`` does.
+    live: bool = True
 
 
 class SpeechDecoder:
@@ -102,12 +140,15 @@ class SpeechDecoder:
         self.embed, self.options = embed, options
         self.width, self.rows_per_hidden = int(facts["width"]), int(facts["rows_per_hidden"])
         max_tokens = min(options.max_tokens, int(facts["max_speech_tokens"]))  # the decoder cache's capacity
-        self.rule = SpeechTokenRule(int(facts["sos_id"]), int(facts["eos_id"]), max_tokens)
+        self.rule = SpeechTokenRule(int(facts["sos_id"]), int(facts["eos_id"]), max_tokens,
+                                    int(facts.get("penalty_window", -1)), float(facts.get("penalty", 1.1)))
         # BOS, SOS and PAD are not codec tokens: never chosen (EOS stays: it ends the segment).
         self._never = np.array([int(facts[k]) for k in ("bos_id", "sos_id", "pad_id")], dtype=np.int64)
         self.max_prefix_rows, self.max_text_rows = int(facts["max_prefix_rows"]), int(facts["max_text_rows"])
         self.sample_rate = int(codec_facts["sample_rate"])
         self.codec_config = options.codec or CodecStreamConfig(**codec_facts["fifo"])
+        live = codec_facts.get("live")  # absent in packages exported before server.json was read
+        self.live = LivePlan.from_config(live) if live and options.live and options.codec is None else None
         self.sampler = TopKSampler(options.top_k or int(facts["top_k"]), options.seed)
 
     def rows(self, vectors: np.ndarray) -> np.ndarray:
@@ -133,7 +174,7 @@ class SpeechDecoder:
         state = self._run(self.text_runner, {"text": text}, state)[1]
         marks(ev.SPEECH_PREFILL)
         yield np.zeros(0, np.float32)
-        audio = SpeechAudioStream(self._decode, self.codec_config)
+        audio = self._audio_stream(first=segment.index == 0)
         holder = {"state": state}
         first_token, first_chunk = True, True
         for token in generate_speech_tokens(lambda t: self._step(t, holder), self.rule, self.sampler):
@@ -149,6 +190,14 @@ class SpeechDecoder:
         if rest.size and first_chunk:
             marks(ev.FIRST_SPEECH_CHUNK)
         yield rest
+
+    def _audio_stream(self, first: bool) -> SpeechAudioStream:
+        """The codec FIFO of one segment: the server's first-packet settings for the reply's first."""
+        if self.live is None:
+            return SpeechAudioStream(self._decode, self.codec_config)
+        if first:
+            return SpeechAudioStream(self._decode, self.live.first, self.live.trim_level)
+        return SpeechAudioStream(self._decode, self.live.later)
 
     def _step(self, token: int, holder: dict) -> np.ndarray:
         outputs, holder["state"] = self._run(self.token_runner, {"token": np.array([[token]], dtype=np.int64)},

@@ -8,7 +8,10 @@ The speech decoder graphs return logits; everything data-dependent happens here,
 * the codec FIFO: tokens are decoded in overlapping windows (left context + chunk + look-ahead),
   each window's audio trimmed by the context and look-ahead samples, as ``llm2TTS.run`` does;
 * the quiet-point cut: each decoded chunk is emitted only up to its quietest point (or held back
-  when nothing is quiet enough), so segments join in near-silence.
+  when nothing is quiet enough), so segments join in near-silence;
+* the server's first packet (``bin/server.py`` ``decoder``): the reply's first segment decodes in
+  smaller windows with a looser quiet threshold (``LivePlan``), and its first packet starts at the
+  first sample louder than a level, so the first sound is not preceded by near-silence.
 
 Nothing here imports torch: the runtime drives the graphs through any backend.
 """
@@ -183,17 +186,54 @@ def quiet_cut(held: np.ndarray, pcm: np.ndarray, window: int, threshold: float) 
     return np.concatenate([held, pcm]), None
 
 
+def trim_leading_quiet(pcm: np.ndarray, level: float) -> np.ndarray:
+    """``pcm`` from its first sample with |x| > ``level``; unchanged when none is that loud.
+
+    The reference server does this to the first packet of a reply (``bin/server.py`` ``decoder``,
+    level 0.03); a packet with no such sample is sent whole there too.
+    """
+    loud = np.flatnonzero(np.abs(pcm) > level)
+    return pcm[loud[0] :] if loud.size else pcm
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """The reference server's codec settings (``checkpoints/server.json`` read by ``bin/server.py``).
+
+    The reply's first segment uses ``first`` (server: chunk 20, quiet threshold 0.1), later
+    segments ``later`` (chunk 40, threshold 0.015); the first packet is trimmed at ``trim_level``.
+    """
+
+    first: CodecStreamConfig
+    later: CodecStreamConfig
+    trim_level: float | None = 0.03  # None: no trim
+
+    @classmethod
+    def from_config(cls, live: dict) -> LivePlan:
+        """From the manifest's ``codec.live`` section."""
+        return cls(CodecStreamConfig(**live["first_fifo"]), CodecStreamConfig(**live["fifo"]), live.get("trim_level"))
+
+
 class SpeechAudioStream:
     """Tokens in, PCM out, as ``llm2TTS.run``: FIFO windows, codec calls, trims and quiet cuts.
 
-    ``decode(tokens (T,) int64) -> pcm (T * hop,) float32`` runs the codec graph.
+    ``decode(tokens (T,) int64) -> pcm (T * hop,) float32`` runs the codec graph. With
+    ``first_packet_trim``, the first packet out (even an empty one, as the server counts it) is
+    trimmed by ``trim_leading_quiet``.
     """
 
-    def __init__(self, decode: Callable[[np.ndarray], np.ndarray], config: CodecStreamConfig = CodecStreamConfig()):
+    def __init__(self, decode: Callable[[np.ndarray], np.ndarray], config: CodecStreamConfig = CodecStreamConfig(),
+                 first_packet_trim: float | None = None):
         self.decode = decode
         self.config = config
         self.fifo = CodecTokenFifo(config)
         self.held = np.zeros(0, dtype=np.float32)
+        self.trim_level = first_packet_trim  # set to None once the first packet is out
+
+    def _packet(self, pcm: np.ndarray) -> np.ndarray:
+        if self.trim_level is not None:
+            pcm, self.trim_level = trim_leading_quiet(pcm, self.trim_level), None
+        return pcm
 
     def _decoded(self, window: CodecWindow) -> np.ndarray:
         pcm = np.asarray(self.decode(window.tokens), dtype=np.float32).reshape(-1)
@@ -209,11 +249,13 @@ class SpeechAudioStream:
         if window is None:
             return None
         self.held, ready = quiet_cut(self.held, self._decoded(window), self.config.quiet_window, self.config.quiet_threshold)
-        return ready
+        return None if ready is None else self._packet(ready)
 
     def finish(self) -> np.ndarray:
         """Everything not emitted yet: held audio plus the decoded rest (the reference does not cut it)."""
         window = self.fifo.finish()
-        rest = self._decoded(window) if window is not None else np.zeros(0, dtype=np.float32)
-        out, self.held = np.concatenate([self.held, rest]), np.zeros(0, dtype=np.float32)
-        return out
+        if window is None:  # nothing pending: the reference yields nothing here either
+            out, self.held = self.held, np.zeros(0, dtype=np.float32)
+            return out
+        out, self.held = np.concatenate([self.held, self._decoded(window)]), np.zeros(0, dtype=np.float32)
+        return self._packet(out)

@@ -28,11 +28,13 @@ from edgevoice.models.freeze_omni.encoder import FoEncoder, FoEncoderConfig
 from edgevoice.models.freeze_omni.frontend import FbankConfig, FoFrontend
 from edgevoice.models.freeze_omni.state_head import StateHead
 from edgevoice.models.llm import LlmModel
+from edgevoice.weights.freeze_omni.chat_template import end_of_turn_id, parse_chat_template
 from edgevoice.weights.llm.hf import load_llm_hf
 from edgevoice.weights.pt_checkpoint import load_pt_tensors
 from edgevoice.weights.strict import load_state_strict
 
-# Prompt pieces of Qwen2's ChatML as the reference's AudioLLM builds them around the audio.
+# Prompt pieces of Qwen2's ChatML as the reference's AudioLLM builds them around the audio, from
+# the published chat template (a checkpoint's own come from its train.yaml: chat_template.py).
 SYSTEM_PREFIX = "<|im_start|>system\n"  # + role text, no <|im_end|> (the turn prefix closes it)
 TURN_PREFIX_AFTER_EOD = "\n<|im_start|>user\n"  # preceded by the eod id, then the prompt embeddings
 RESPONSE_PREFIX = "<|im_end|>\n<|im_start|>assistant\n"  # fed when the head says 'ss'
@@ -101,7 +103,7 @@ def load_listen(checkpoints_dir: str | Path, llm_dir: str | Path, max_context: i
     prompt_embeddings = _prompt_embeddings(train, parts, adapter_cfg.out_dim, source)
     llm = load_llm_hf(llm_dir, max_context, prefill_max_tokens)
     _check_llm(train, llm, adapter_cfg, Path(llm_dir))
-    tokenizer_json, prompt = _prompt_ids(Path(llm_dir), int(_get(train, "dataset_conf.tokenize_conf.eod_id")))
+    tokenizer_json, prompt = _prompt_ids(Path(llm_dir), train)
     return FoListen(frontend.eval(), encoder.eval(), adapter.eval(), llm, head.eval(), prompt_embeddings, prompt,
                     tokenizer_json, f"{audiollm} + {llm_dir}")
 
@@ -310,7 +312,8 @@ def _check_llm(train: dict[str, Any], llm: LlmModel, adapter: FoAdapterConfig, l
             raise EdgevoiceError(f"{llm_dir} has {what} {actual} but train.yaml/the adapter expect {yaml_value}; pass the matching LLM")
 
 
-def _prompt_ids(llm_dir: Path, eod_id: int) -> tuple[str, FoPrompt]:
+def _prompt_ids(llm_dir: Path, train: dict[str, Any]) -> tuple[str, FoPrompt]:
+    """Prompt ids from train.yaml's chat template and the LLM tokenizer, as ``AudioLLM.__init__`` makes them."""
     from tokenizers import Tokenizer
 
     path = llm_dir / "tokenizer.json"
@@ -322,6 +325,9 @@ def _prompt_ids(llm_dir: Path, eod_id: int) -> tuple[str, FoPrompt]:
     def ids(s: str) -> tuple[int, ...]:
         return tuple(tokenizer.encode(s, add_special_tokens=False).ids)
 
-    prompt = FoPrompt(eod_id=eod_id, turn_prefix_ids=(eod_id, *ids(TURN_PREFIX_AFTER_EOD)),
-                      response_prefix_ids=ids(RESPONSE_PREFIX), system_prefix_ids=ids(SYSTEM_PREFIX))
+    template = parse_chat_template(_get(train, "model_conf.chat_template"))
+    configured = ((train.get("dataset_conf") or {}).get("tokenize_conf") or {}).get("eod_id")  # optional
+    eod_id = end_of_turn_id(lambda s: list(ids(s)), configured)
+    prompt = FoPrompt(eod_id=eod_id, turn_prefix_ids=(eod_id, *ids(template.turn_prefix)),
+                      response_prefix_ids=ids(template.response_prefix), system_prefix_ids=ids(SYSTEM_PREFIX))
     return text, prompt
