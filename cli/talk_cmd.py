@@ -35,7 +35,9 @@ def talk(
     semantic_endpointing: bool = typer.Option(True, help="End turns on the package's end-of-turn model (a thinking "
                                               "pause is not the end); off: a fixed 600 ms of silence."),
     system_prompt: str = typer.Option(None, help="Instructions for the language model."),
-    max_new_tokens: int = typer.Option(64, help="Longest reply, in tokens."),
+    max_new_tokens: int = typer.Option(None, "--max-new-tokens", "--max-reply-tokens", min=1,
+                                       help="Longest reply, in LLM tokens (default: 64 for cascade, 500 for "
+                                            "freeze-omni/tiny, the reference server's)."),
     seed: int = typer.Option(0, help="Seed for sampling and the voice's noise."),
     json_output: bool = typer.Option(False, "--json", help="File mode: print the conversation as JSON."),
 ) -> None:

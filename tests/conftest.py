@@ -82,6 +82,24 @@ def cascade_package():
     return export_package(model="cascade", target="cpu", out=REPO / "engines" / "cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_package():
+    """The `tiny` package where `edgevoice export --model tiny --target cpu` puts it (about 1 min the
+    first time). A package from before the recipe gained its Silero VAD gate or the server's
+    first-packet plan is exported again."""
+    from edgevoice.export import export_package
+
+    from edgevoice.manifest import read_manifest
+
+    out = REPO / "engines" / "tiny-cpu"
+    try:
+        manifest = read_manifest(out)
+        stale = "vad" not in manifest.components or "live" not in manifest.config.get("codec", {})
+    except Exception:  # noqa: BLE001 - missing or broken: export_package reports what it does
+        stale = False
+    return export_package(model="tiny", target="cpu", out=out, force=stale)
+
+
 def seal_package(component, out: Path, recipe: str) -> Path:
     """A one-component engine package around an imported component already written into ``out``."""
     from edgevoice.manifest import SCHEMA_VERSION, Manifest, file_record, write_manifest

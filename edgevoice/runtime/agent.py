@@ -41,19 +41,21 @@ class Agent:
     """Load a package once; register tools and subscribers; start/stop conversations on any audio I/O."""
 
     def __init__(self, package: str | Path, *, backend: str = "ort", device: str = "cpu",
-                 system_prompt: str | None = None, max_new_tokens: int = 64, seed: int = 0,
+                 system_prompt: str | None = None, max_new_tokens: int | None = None, seed: int = 0,
                  options: SessionOptions = SessionOptions()):
         manifest = read_manifest(package)
         self.recipe = manifest.recipe
+        # Reply length in LLM tokens; None: the recipe's own (cascade 64, Freeze-Omni 500 as its server).
+        length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         if self.recipe == "cascade":
-            self.pipeline = CascadePipeline(manifest, backend=backend, device=device, max_new_tokens=max_new_tokens,
+            self.pipeline = CascadePipeline(manifest, backend=backend, device=device, **length,
                                             system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT, seed=seed)
             self.mic_rate, self.speaker_rate = self.pipeline.vad.sample_rate, self.pipeline.voice.sample_rate
         elif self.recipe in FREEZE_OMNI_RECIPES:
             from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 
             self.pipeline = FreezeOmniPipeline(manifest, backend=backend, device=device, system_prompt=system_prompt,
-                                               max_new_tokens=max_new_tokens)
+                                               **length)
             self.mic_rate, self.speaker_rate = self.pipeline.sample_rate, self.pipeline.output_rate
         else:
             raise EdgevoiceError(f"{manifest.directory} holds recipe '{self.recipe}'; an agent runs cascade, "

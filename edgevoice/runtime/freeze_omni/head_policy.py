@@ -5,10 +5,12 @@ every 160 ms chunk (cheap: the chunk's level), and the *head* verdict of a chunk
 the listen path's engines have run on it (on a worker, a little later). The policy is a pure
 state machine over both, so it runs the same on the real clock and the virtual one.
 
-The gate (the reference runs silero VAD: threshold 0.8, 2 s of silence to end) decides which
-audio the LLM hears at all: it opens at a sound onset, which starts a user turn, and closes after
-``gate_close_ms`` of quiet. Packages of this recipe carry no VAD graph, so the gate is the chunk
-energy (RMS in dBFS) — echo-cancelled audio, so the agent's own voice stays under it.
+The gate decides which audio the LLM hears at all: it opens at a speech onset, which starts a
+user turn, and closes after enough quiet. With the package's Silero VAD (``gate_speech``) it is the
+reference server's rule (web/vad.py: VADIterator, threshold 0.8, quiet below 0.65 for 2 s ends the
+dialog), fed the VAD's probability of every 512-sample piece of the chunk. Packages without a VAD
+graph fall back to the chunk energy (``gate``: RMS in dBFS, ``gate_close_ms`` of quiet), which music
+or a door also opens. Both see echo-cancelled audio, so the agent's own voice stays under them.
 
 While the gate is open and the turn is undecided, each chunk's head verdict decides:
 
@@ -39,10 +41,14 @@ class HeadTurnOptions:
     gate_open_ms: float = 160.0  # sound this long opens the gate (one 160 ms chunk)
     gate_close_ms: float = 1280.0  # quiet this long closes it: the head has this long to say "respond"
     chunk_ms: float = 160.0  # one listen chunk (2560 samples at 16 kHz)
+    vad_threshold: float = 0.8  # Silero probability that opens the gate (the reference's VADIterator)
+    vad_close_ms: float = 2000.0  # probabilities under vad_threshold - 0.15 this long close it
 
     def __post_init__(self) -> None:
-        if self.gate_open_ms < 0 or self.gate_close_ms <= 0 or self.chunk_ms <= 0:
-            raise ValueError("gate_open_ms must be >= 0, gate_close_ms and chunk_ms > 0")
+        if self.gate_open_ms < 0 or self.gate_close_ms <= 0 or self.chunk_ms <= 0 or self.vad_close_ms <= 0:
+            raise ValueError("gate_open_ms must be >= 0, gate_close_ms, vad_close_ms and chunk_ms > 0")
+        if not 0.15 < self.vad_threshold < 1.0:
+            raise ValueError(f"vad_threshold must be in (0.15, 1), got {self.vad_threshold}")
 
 
 def level_db(chunk: np.ndarray) -> float:
@@ -81,10 +87,27 @@ class HeadTurnPolicy(TurnPolicy):
                 return self._open(time - self._sound_run)
             return Decision.NONE
         if self._quiet_run * 1000 >= self.options.gate_close_ms:
-            self.gate_open = False
-            if self.listening:  # the sound ended and the head never said "respond"
-                return self._dismiss()
+            return self._close()
         return Decision.NONE
+
+    def gate_speech(self, time: float, probs) -> Decision:
+        """Feed the VAD's speech probabilities of one chunk's pieces (equal lengths, ending at ``time``);
+        USER_STARTED when one opens the gate, DISMISS when the gate closes on an undecided turn."""
+        probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+        piece_s = self.options.chunk_ms / 1000 / len(probs)
+        decision, end_threshold = Decision.NONE, self.options.vad_threshold - 0.15
+        for i, p in enumerate(probs):
+            piece_end = time - (len(probs) - 1 - i) * piece_s
+            if p >= self.options.vad_threshold:
+                self._quiet_run, self.last_speech = 0.0, piece_end
+                if not self.gate_open and decision is Decision.NONE:  # one decision per chunk: reopen at the next
+                    decision = self._open(piece_end - piece_s)
+            elif self.gate_open and (p < end_threshold or self._quiet_run > 0):
+                # Quiet runs from the first piece under the end threshold; only such a piece ends it.
+                self._quiet_run += piece_s
+                if p < end_threshold and self._quiet_run * 1000 >= self.options.vad_close_ms - 1e-6:
+                    decision = self._close() if decision is Decision.NONE else decision
+        return decision
 
     def head(self, probs: np.ndarray) -> Decision:
         """The head's probabilities (3,) for the newest listened chunk."""
@@ -116,6 +139,12 @@ class HeadTurnPolicy(TurnPolicy):
         if not self.overlap:
             self.state = TurnState.USER_SPEAKING
         return Decision.USER_STARTED
+
+    def _close(self) -> Decision:
+        self.gate_open, self._quiet_run = False, 0.0
+        if self.listening:  # the sound ended and the head never said "respond"
+            return self._dismiss()
+        return Decision.NONE
 
     def _dismiss(self) -> Decision:
         self.listening = False

@@ -7,9 +7,9 @@ Engines only (numpy + any backend). Per chunk of 2560 samples (16 kHz):
     fo_adapter   frames -> LLM embeddings (1, 2, hidden)
     fo_llm_listen embeddings -> hidden, state_probs (1, 3)     appended to the turn's LLM context
 
-The front end runs on every chunk so that, when the acoustic gate opens, the last few chunks of
-features (speech that started just before the gate noticed it) can be replayed into a fresh
-encoder, as the reference server replays its fbank history at a VAD start.
+The front end runs on every chunk so that, when the gate opens, the last six chunks of features
+(~960 ms of speech that started before the gate noticed it) are replayed into a fresh encoder and
+the LLM one chunk per call, as the reference server replays its fbank history at a VAD start.
 
 The package holds one LLM graph, fed embedding rows: audio rows from the adapter, and token ids
 as rows of the embedding table the package ships as host data (system prompt, turn and response
@@ -21,8 +21,9 @@ rollback; every graph call returns new state arrays, and nothing writes into the
 from __future__ import annotations
 
 import collections
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -34,15 +35,48 @@ from edgevoice.runtime.freeze_omni.turn_state import decide_turn_state
 
 @dataclass
 class LlmContext:
-    """One conversation in the LLM's cache: the state arrays and how many positions they hold."""
+    """One conversation in the LLM's cache: the state arrays and how many positions they hold.
+
+    ``log`` keeps the embedding rows fed so far, by kind, so that a context that runs out of cache
+    positions can be rebuilt without its oldest turns (``FoLlm.make_room``). Entries are
+    (start position, kind, rows (n, hidden)); kinds: "system" (the system prompt), "header" (a user
+    turn's prefix ids and prompt embeddings: an exchange starts here), "audio", "reply".
+    """
 
     state: dict[str, np.ndarray]
     position: int = 0
     hidden: np.ndarray | None = None  # (hidden,) final-normed state of the last position fed
+    log: list[tuple[int, str, np.ndarray]] = field(default_factory=list)
 
     def fork(self) -> LlmContext:
         """An independent copy: a later graph call on either side leaves the other as it is."""
-        return LlmContext({k: v.copy() for k, v in self.state.items()}, self.position, self.hidden)
+        return LlmContext({k: v.copy() for k, v in self.state.items()}, self.position, self.hidden, list(self.log))
+
+    def view(self) -> LlmContext:
+        """A copy that shares the arrays (they are never written in place): a snapshot for readers.
+
+        The position is read first: a writer replaces the state before it moves the position, so
+        a snapshot taken while another thread feeds never claims rows its arrays do not hold.
+        """
+        position = self.position
+        return LlmContext(self.state, position, self.hidden, list(self.log))
+
+    def at(self, position: int) -> LlmContext:
+        """This context cut back to ``position`` (a view: the rows past it are masked, then overwritten)."""
+        if not 0 <= position <= self.position:
+            raise ValueError(f"position {position} is outside the context's 0..{self.position}")
+        cut = self.view()
+        cut.position = position
+        return cut
+
+    def entries(self) -> list[tuple[int, str, np.ndarray]]:
+        """The log up to ``position`` (what a rollback by position left out is dropped)."""
+        kept = []
+        for start, kind, rows in self.log:
+            if start >= self.position:
+                break
+            kept.append((start, kind, rows[: self.position - start]))
+        return kept
 
 
 @dataclass(frozen=True)
@@ -82,45 +116,128 @@ class TokenEmbeddings:
 
 
 class FoLlm:
-    """The ``fo_llm_listen`` graph over ``LlmContext``s; ids go in as rows of the embedding table."""
+    """The ``fo_llm_listen`` graph over ``LlmContext``s; ids go in as rows of the embedding table.
 
-    def __init__(self, listen: Runner, facts: LlmFacts, embed: TokenEmbeddings, prompt_embeddings: np.ndarray):
+    A context never runs out of room: when rows do not fit in ``max_context``, it is re-prefilled
+    with the system prompt and the newest exchanges that fill at most ``keep_fraction`` of the
+    cache (``make_room``); the reference has no such step (its conversations end at 2048 positions).
+    """
+
+    def __init__(self, listen: Runner, facts: LlmFacts, embed: TokenEmbeddings, prompt_embeddings: np.ndarray,
+                 keep_fraction: float = 0.5):
         self.runner, self.facts, self.embed = listen, facts, embed
         self.prompt_embeddings = np.asarray(prompt_embeddings, dtype=np.float32)  # (rows, hidden)
         if self.prompt_embeddings.ndim != 2 or self.prompt_embeddings.shape[1] != facts.hidden:
             raise EdgevoiceError(f"the prompt embeddings are {self.prompt_embeddings.shape}, expected (rows, "
                                  f"{facts.hidden}); re-export the package")
+        if not 0.0 < keep_fraction < 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1), got {keep_fraction}")
+        self.keep_fraction = keep_fraction
+        self.trims = 0  # contexts re-prefilled without their oldest turns
+        self._swap = threading.Lock()  # a re-prefilled context's fields change together under it
+
+    def snapshot(self, context: LlmContext) -> LlmContext:
+        """``context.view()`` that is safe while another thread feeds (and may re-prefill) it."""
+        with self._swap:
+            return context.view()
 
     def empty(self) -> LlmContext:
         return LlmContext(self.runner.initial_state(1))
 
     def _run(self, context: LlmContext, rows: np.ndarray) -> dict[str, np.ndarray]:
         count = rows.shape[1]
-        if context.position + count > self.facts.max_context:
-            raise EdgevoiceError(f"the LLM cache holds {self.facts.max_context} positions; {context.position} + {count} "
-                                 "do not fit (the conversation is too long for this package's max_context)")
         feeds = {"input_embeds": rows, "position": np.array([context.position], dtype=np.int64)}
         outputs = self.runner.infer({**feeds, **context.state})
         wiring = self.runner.component.state
         context.state = {wiring[name]: outputs.pop(name) for name in list(outputs) if name in wiring}
-        context.position += count
+        context.position += count  # after the state: see LlmContext.view
         context.hidden = outputs["hidden"][0]
         return outputs
 
-    def feed(self, context: LlmContext, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Append embedding rows (T, hidden) in calls of up to ``prefill_max_tokens``; the last call's outputs
-        (logits (1, vocab), hidden, state_probs (1, 3) at the last row)."""
+    def feed(self, context: LlmContext, rows: np.ndarray, kinds: Sequence[tuple[str, int]] = ()) -> dict[str, np.ndarray]:
+        """Append embedding rows (T, hidden) in calls of up to ``prefill_max_tokens``; the last call's
+        outputs (logits (1, vocab), hidden, state_probs (1, 3) at the last row). ``kinds`` labels the
+        rows in the context's log, e.g. (("header", 5), ("audio", 2)); unlabelled rows are "reply" rows."""
         if rows.shape[0] == 0:
             raise EdgevoiceError("the LLM needs at least one row to feed")
+        if context.position + rows.shape[0] > self.facts.max_context:
+            self.make_room(context, rows.shape[0])
+        self._log(context, rows, kinds)
         outputs = None
         for start in range(0, rows.shape[0], self.facts.prefill_max_tokens):
             piece = np.ascontiguousarray(rows[None, start : start + self.facts.prefill_max_tokens], dtype=np.float32)
             outputs = self._run(context, piece)
         return outputs
 
-    def feed_ids(self, context: LlmContext, ids: Sequence[int]) -> np.ndarray:
+    def feed_ids(self, context: LlmContext, ids: Sequence[int], kind: str = "reply") -> np.ndarray:
         """Append token ids; the logits (vocab,) after the last."""
-        return self.feed(context, self.embed(ids))["logits"][0]
+        return self.feed(context, self.embed(ids), ((kind, len(ids)),))["logits"][0]
+
+    @staticmethod
+    def _log(context: LlmContext, rows: np.ndarray, kinds: Sequence[tuple[str, int]]) -> None:
+        log, offset = context.entries(), 0
+        for kind, count in [*kinds, ("reply", rows.shape[0] - sum(n for _, n in kinds))]:
+            if count > 0:
+                log.append((context.position + offset, kind, rows[offset : offset + count]))
+                offset += count
+        context.log = log
+
+    # --- running out of positions -------------------------------------------------------------
+
+    def make_room(self, context: LlmContext, needed: int) -> None:
+        """Re-prefill ``context`` in place with the system prompt and the newest exchanges that fit.
+
+        An exchange is a user turn (header, audio) and the reply to it. When even the newest one
+        does not fit, its header stays and its oldest rows go.
+        """
+        budget = min(self.facts.max_context - needed, int(self.keep_fraction * self.facts.max_context))
+        entries = context.entries()
+        system = [e for e in entries if e[1] == "system"]
+        exchanges = _exchanges([e for e in entries if e[1] != "system"])
+        room = budget - sum(len(e[2]) for e in system)
+        kept: list[list[tuple[int, str, np.ndarray]]] = []
+        for exchange in reversed(exchanges):
+            size = sum(len(e[2]) for e in exchange)
+            if size > room:
+                break
+            kept.insert(0, exchange)
+            room -= size
+        if not kept and exchanges:
+            kept = [_tail(exchanges[-1], room)]
+        rebuilt = system + [e for exchange in kept for e in exchange]
+        if not rebuilt or sum(len(e[2]) for e in rebuilt) > self.facts.max_context - needed:
+            raise EdgevoiceError(f"{needed} rows do not fit in the LLM cache of {self.facts.max_context} positions "
+                                 "next to the system prompt; export the package with a larger max_context")
+        fresh = self.empty()  # one prefill in calls of prefill_max_tokens rows, the log kept entry by entry
+        self.feed(fresh, np.concatenate([rows for _, _, rows in rebuilt]), [(kind, len(rows)) for _, kind, rows in rebuilt])
+        with self._swap:
+            context.state, context.hidden, context.log = fresh.state, fresh.hidden, fresh.log
+            context.position = fresh.position
+        self.trims += 1
+
+
+def _exchanges(entries: list[tuple[int, str, np.ndarray]]) -> list[list[tuple[int, str, np.ndarray]]]:
+    """``entries`` split before every "header" (the start of a user turn)."""
+    groups: list[list[tuple[int, str, np.ndarray]]] = []
+    for entry in entries:
+        if entry[1] == "header" or not groups:
+            groups.append([])
+        groups[-1].append(entry)
+    return groups
+
+
+def _tail(exchange: list[tuple[int, str, np.ndarray]], room: int) -> list[tuple[int, str, np.ndarray]]:
+    """The exchange's header and as many of its newest other rows as ``room`` leaves."""
+    header = [e for e in exchange if e[1] == "header"]
+    left = room - sum(len(e[2]) for e in header)
+    body: list[tuple[int, str, np.ndarray]] = []
+    for start, kind, rows in reversed([e for e in exchange if e[1] != "header"]):
+        if left <= 0:
+            break
+        take = rows[-left:]
+        body.insert(0, (start + len(rows) - len(take), kind, take))
+        left -= len(take)
+    return header + body
 
 
 @dataclass(frozen=True)
@@ -147,7 +264,7 @@ class _TurnAudio:
 class FoListener:
     """One conversation's listen path: front-end history and the user turn being listened to."""
 
-    def __init__(self, frontend: Runner, encoder: Runner, adapter: Runner, llm: FoLlm, preroll_chunks: int = 2):
+    def __init__(self, frontend: Runner, encoder: Runner, adapter: Runner, llm: FoLlm, preroll_chunks: int = 6):
         self.frontend, self.encoder, self.adapter, self.llm = frontend.stream(), encoder, adapter, llm
         self.chunk_samples = int(frontend.component.stream["chunk_samples"])
         self.sample_rate = int(frontend.component.stream["sample_rate"])
@@ -176,9 +293,17 @@ class FoListener:
         started = time.perf_counter()
         turn_start = not self._turn.started
         feats_list = list(self._history) if turn_start else [feats]
-        audio = np.concatenate([self._embed(self._turn, f) for f in feats_list])  # (2 * chunks, hidden)
-        rows = self._turn_start_rows(audio) if turn_start else audio
-        probs = self.llm.feed(self._turn.context, rows)["state_probs"][0]
+        # One LLM call per chunk, as the reference server replays its history at a VAD start: the
+        # first with the turn header, the replayed ones with their verdicts forced to "keep listening"
+        # (ignored here), the current one decides.
+        for i, chunk_feats in enumerate(feats_list):
+            audio = self._embed(self._turn, chunk_feats)  # (2, hidden)
+            if turn_start and i == 0:
+                header = self._turn_header()
+                rows, kinds = np.concatenate([header, audio]), (("header", len(header)), ("audio", len(audio)))
+            else:
+                rows, kinds = audio, (("audio", len(audio)),)
+            probs = self.llm.feed(self._turn.context, rows, kinds)["state_probs"][0]
         self._turn.started = True
         return ChunkResult(index, probs, decide_turn_state(probs), turn_start, len(feats_list) - 1,
                            time.perf_counter() - started, self._turn.context.position)
@@ -197,7 +322,9 @@ class FoListener:
         encoded = turn.encoder({"feats": feats})["encoded"]  # (1, 4, d)
         return turn.adapter({"encoded": encoded})["embeds"][0]  # (2, hidden)
 
-    def _turn_start_rows(self, audio: np.ndarray) -> np.ndarray:
-        """The reference's first call of a turn: embedded turn prefix ids, prompt embeddings, audio rows."""
+    def _turn_header(self) -> np.ndarray:
+        """What the reference feeds before a turn's audio: embedded turn prefix ids, then the prompt
+        embeddings (P + prompt_rows, hidden). The prefix starts with the end-of-turn id, which closes
+        whatever came before (a finished reply, or one cut off by a barge-in)."""
         prefix = self.llm.embed(self.llm.facts.turn_prefix_ids)
-        return np.concatenate([prefix, self.llm.prompt_embeddings, audio])  # (P + prompt_rows + 2 * chunks, hidden)
+        return np.concatenate([prefix, self.llm.prompt_embeddings])

@@ -8,8 +8,10 @@ the codec, PCM out at 24 kHz.
 
 The conversation lives in the LLM cache as ``LlmContext``s: ``conversation`` is the committed
 point (system prompt, then each finished exchange); a user turn is heard into a fork of it, and a
-reply is written into the context of its turn. A barge-in drops the interrupted reply's context,
-so the cache is back at the last committed point -- nothing is undone in place.
+reply is written into the context of its turn. A turn heard over a reply forks that reply's
+context as far as it got (the session decides how far), so a barge-in answers with the cut-off
+reply in context -- nothing is undone in place. A context that outgrows ``max_context`` is
+re-prefilled without its oldest exchanges (``FoLlm.make_room``): listening never stops.
 
 This module is the glue a session drives (``edgevoice.runtime.freeze_omni.session``); it holds no threads.
 """
@@ -28,13 +30,19 @@ from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.freeze_omni.listen import FoListener, FoLlm, LlmContext, LlmFacts, TokenEmbeddings
 from edgevoice.runtime.freeze_omni.speak import Segment, SegmentRule, SpeechDecoder, SpeechOptions, clean_segment_text
 from edgevoice.runtime.llm import LlmTokenizer, SamplingConfig, sample_token
+from edgevoice.runtime.vad import VadPipeline
 
 RECIPES = ("freeze-omni", "tiny")
 COMPONENTS = ("fo_frontend", "fo_encoder", "fo_adapter", "fo_llm_listen",
               "speech_prefix", "speech_text", "speech_token", "codec")
 CONFIG_KEYS = ("llm", "prompt", "speech", "codec")  # manifest config sections this glue reads
-# The reference's LLM sampling (scripts/run_demo_server.sh): temperature 0.8, top-k 20, top-p 0.8.
-REFERENCE_SAMPLING = SamplingConfig(temperature=0.8, top_k=20, top_p=0.8, seed=0)
+# The reference's LLM sampling (scripts/run_demo_server.sh): temperature 0.8, top-k 20, top-p 0.8,
+# with its nucleus rule (models/audioLLM.py ``_post_decode``: the token crossing top_p is dropped).
+REFERENCE_SAMPLING = SamplingConfig(temperature=0.8, top_k=20, top_p=0.8, seed=0, top_p_keeps_crossing=False)
+# Reply length in LLM tokens: bin/server.py stops a reply after 500 (live talk, the default here);
+# bin/inference.py, the offline one-file demo, after 128.
+LIVE_MAX_NEW_TOKENS = 500
+OFFLINE_MAX_NEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -49,15 +57,21 @@ class ReplyItem:
 
 
 class FreezeOmniPipeline:
-    """Loads a Freeze-Omni package once; holds one conversation's LLM contexts and listen path."""
+    """Loads a Freeze-Omni package once; holds one conversation's LLM contexts and listen path.
+
+    ``max_new_tokens`` caps each reply: ``LIVE_MAX_NEW_TOKENS`` (500, the reference server's) by
+    default, ``OFFLINE_MAX_NEW_TOKENS`` (128) to match ``bin/inference.py``.
+    """
 
     def __init__(self, package: str | Path | Manifest, backend: str = "ort", device: str = "cpu",
                  system_prompt: str | None = None, sampling: SamplingConfig = REFERENCE_SAMPLING,
-                 max_new_tokens: int = 128, speech: SpeechOptions = SpeechOptions(),
-                 segments: SegmentRule = SegmentRule(), preroll_chunks: int = 2):
+                 max_new_tokens: int = LIVE_MAX_NEW_TOKENS, speech: SpeechOptions = SpeechOptions(),
+                 segments: SegmentRule = SegmentRule(), preroll_chunks: int = 6):
         manifest = _checked(package if isinstance(package, Manifest) else read_manifest(package))
         self.manifest, config = manifest, manifest.config
         run = {name: open_runner(manifest, name, backend=backend, device=device) for name in COMPONENTS}
+        # Silero VAD (the cascade's component), the gate in front of the listen path; older packages lack it.
+        self.vad = VadPipeline(manifest, backend=backend, device=device) if "vad" in manifest.components else None
         facts = LlmFacts.from_config(config)
         embed = TokenEmbeddings(manifest.path(config["llm"]["embed_tokens"]), facts.hidden)
         prompt = np.load(manifest.path(config["prompt"]["embeddings_file"]))
@@ -84,8 +98,14 @@ class FreezeOmniPipeline:
         """Rate of the reply audio (the codec's, 24 kHz)."""
         return self.speech.sample_rate
 
-    def reset(self) -> None:
-        """A new conversation: the system prompt prefilled and committed; nothing listened to."""
+    def reset(self, system_prompt: str | None = None) -> None:
+        """A new conversation: the system prompt prefilled and committed; nothing listened to.
+
+        ``system_prompt`` replaces the one given at construction (the reference server sets it per
+        session); the cache is prefilled again either way.
+        """
+        if system_prompt is not None:
+            self.system_prompt = system_prompt
         self.listener.end_turn()
         context = self.llm.empty()
         ids = list(self.llm.facts.system_prompt_ids)  # the package's role; the reference leaves the turn open
@@ -94,7 +114,7 @@ class FreezeOmniPipeline:
                 raise EdgevoiceError("this package has no tokenizer, so it keeps its own system prompt; "
                                      "pass system_prompt=None")
             ids = list(self.llm.facts.system_prefix_ids) + self.tokenizer.encode(self.system_prompt)
-        self.llm.feed_ids(context, ids)
+        self.llm.feed_ids(context, ids, kind="system")
         self.conversation = context  # the committed point
 
     def commit(self, context: LlmContext) -> None:
@@ -116,6 +136,8 @@ class FreezeOmniPipeline:
         pending_ids: list[int] = []
         pending_hidden: list[np.ndarray] = []
         emitted, segments, finish = "", 0, "length"
+        # A segment's hidden states all go to the speech decoder's prefix rows: cut before they overflow.
+        capacity = self.speech.max_prefix_rows // self.speech.rows_per_hidden
         for _ in range(self.max_new_tokens):
             token = sample_token(logits, self.sampling, rng)
             if token == self.llm.facts.eod_id:
@@ -124,15 +146,14 @@ class FreezeOmniPipeline:
             pending_ids.append(token)
             pending_hidden.append(context.hidden)
             reply.append(token)
-            delta = self._text_delta(reply, emitted)
+            delta, before = self._text_delta(reply, emitted), emitted
             emitted += delta
             yield ReplyItem("token", token=token, text=delta)
-            if self.segment_rule.cut(delta, len(pending_ids), segments == 0, blind=self.tokenizer is None):
+            if self.segment_rule.cut(delta, len(pending_ids), segments == 0, blind=self.tokenizer is None,
+                                     before=before, capacity=capacity):
                 yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
                 segments, pending_ids, pending_hidden = segments + 1, [], []
-            if context.position + 1 > self.llm.facts.max_context:
-                break
-            logits = self.llm.feed_ids(context, [token])
+            logits = self.llm.feed_ids(context, [token])  # past max_context: the oldest turns go (FoLlm.make_room)
         if pending_ids:
             yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
         yield ReplyItem("done", text=emitted, finish=finish)

@@ -63,9 +63,9 @@ def test_both_recipes_are_registered():
 
 
 def test_tiny_components_and_config(tiny):
-    assert [c.name for c in tiny.components] == list(PIPELINE)
+    assert [c.name for c in tiny.components] == ["vad", *PIPELINE]  # Silero VAD first: the gate
     config = tiny.config
-    assert config["pipeline"] == list(PIPELINE)
+    assert config["pipeline"] == ["vad", *PIPELINE]
     assert (config["input_sample_rate"], config["output_sample_rate"], config["chunk_samples"]) == (16000, 24000, 2560)
     speech, llm = config["speech"], config["llm"]
     assert speech["width"] * speech["rows_per_hidden"] == llm["hidden"] == TINY.listen.llm.hidden

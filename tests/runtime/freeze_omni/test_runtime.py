@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import REPO
 
 from edgevoice.audio.io import FileIO
 from edgevoice.runtime import events as ev
@@ -28,12 +27,9 @@ KEEP, RESPOND, DISMISS = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
 
 
 @pytest.fixture(scope="module")
-def package():
-    """The `tiny` package where `edgevoice export --model tiny --target cpu` would put it (about 1 min the
-    first time; kept while it is up to date)."""
-    from edgevoice.export import export_package
-
-    return export_package(model="tiny", target="cpu", out=REPO / "engines" / "tiny-cpu")
+def package(tiny_package):
+    """The `tiny` package where `edgevoice export --model tiny --target cpu` would put it (conftest)."""
+    return tiny_package
 
 
 class ScriptedHead(HeadTurnPolicy):
@@ -69,7 +65,8 @@ def converse(package, parts, policy=None, extra_s: float = 1.0, pace=None, **opt
     pipeline = FreezeOmniPipeline(package, max_new_tokens=MAX_TOKENS, speech=SpeechOptions(max_tokens=SPEECH_TOKENS),
                                   segments=SEGMENTS)
     io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=OUT_RATE, pace=pace)
-    options = {"threaded": False, "echo_cancellation": False, **options}
+    # Noise bursts stand for speech here, so the energy gate opens on them (Silero would not: test_vad_gate.py).
+    options = {"threaded": False, "echo_cancellation": False, "gate": "energy", **options}
     session = FreezeOmniSession(pipeline, io, FoSessionOptions(**options), policy=policy)
     with io:
         session.run(len(recording) / RATE + extra_s)
@@ -91,11 +88,12 @@ def played_between(io: FileIO, start_s: float, end_s: float) -> np.ndarray:
     return io.played()[int(round(start_s * OUT_RATE)) : int(round(end_s * OUT_RATE))]
 
 
-def turn_start_position(session, committed: int) -> int:
-    """LLM position after a turn's first chunk: turn prefix ids, prompt rows, 2 rows per fed chunk."""
+def turn_start_position(session, committed: int, chunk: int) -> int:
+    """LLM position after a turn's first chunk (``chunk``, its index): turn prefix ids, prompt rows, 2 rows
+    per fed chunk (up to 6 replayed, then this one)."""
     facts = session.pipeline.llm.facts
     prompt_rows = session.pipeline.llm.prompt_embeddings.shape[0]
-    replayed = session.pipeline.listener._history.maxlen - 1
+    replayed = min(session.pipeline.listener._history.maxlen - 1, chunk)  # the chunks heard before the onset
     return committed + len(facts.turn_prefix_ids) + prompt_rows + 2 * (replayed + 1)
 
 
@@ -115,7 +113,7 @@ def test_real_head_drives_the_policy_on_the_real_engines(package):
     onset = first(session, ev.USER_SPEECH_START, 1)
     assert 0.48 <= onset.time <= 0.48 + 2 * CHUNK_S
     committed = session.pipeline.conversation.position  # nothing was answered: still the system prompt
-    assert states[0].data["llm_position"] == turn_start_position(session, committed)
+    assert states[0].data["llm_position"] == turn_start_position(session, committed, states[0].data["chunk"])
     for event in states:
         probs = np.array(event.data["probs"])
         assert probs.shape == (3,) and np.all(probs >= 0) and abs(probs.sum() - 1.0) < 1e-5
@@ -163,9 +161,11 @@ def test_barge_in_cancels_within_one_chunk_and_rolls_the_llm_back(package):
     answer = first(session, ev.FIRST_AUDIO, 2)
     assert not played_between(io, barge.time + 0.011, answer.time - 0.011).any()  # the old reply went quiet
     turn_1 = first(session, ev.TURN_TAKEN, 1).data["llm_position"]
-    assert done.data["rolled_back_to"] == turn_1  # the committed point: turn 1 heard, its reply dropped
+    reply_start = turn_1 + len(session.pipeline.llm.facts.response_prefix_ids)
+    base = first(session, ev.USER_SPEECH_START, 2).data["on_top_of"]  # the reply as generated at the onset
+    assert 0 < done.data["kept_reply_tokens"] == base - reply_start <= cut.data["tokens"]
     turn_2_start = [e for e in session.events.history(ev.TURN_STATE) if e.turn == 2][0]
-    assert turn_2_start.data["llm_position"] == turn_start_position(session, turn_1)
+    assert turn_2_start.data["llm_position"] == turn_start_position(session, base, turn_2_start.data["chunk"])
     assert first(session, ev.TURN_TAKEN, 2).time == barge.time
 
 
@@ -176,7 +176,7 @@ def test_dismiss_keeps_listening_and_leaves_no_trace(package):
     session, io = converse(package, parts, ScriptedHead(script))
     dismissed = session.events.history(ev.DISMISSED)
     assert [e.turn for e in dismissed] == [1, 3] and not [e for e in session.events.history(ev.TURN_TAKEN) if e.turn == 1]
-    starts = {e.turn: e.data["llm_position"] for e in session.events.history(ev.TURN_STATE) if e.data["turn_start"]}
+    starts = {e.turn: e.data["on_top_of"] for e in session.events.history(ev.USER_SPEECH_START)}
     assert starts[1] == starts[2]  # turn 2 forked from the same committed point: turn 1 left nothing
     assert first(session, ev.USER_SPEECH_START, 3).data["over_agent"]
     assert session.events.history(ev.BACKCHANNEL) and not session.events.history(ev.CANCEL_DONE)
