@@ -84,6 +84,9 @@ class Agent:
     def add_tool(self, tool: Tool) -> None:
         if any(t.name == tool.name for t in self._tools):
             raise EdgevoiceError(f"a tool named {tool.name!r} is already registered")
+        if self.recipe in FREEZE_OMNI_RECIPES and self.pipeline.tokenizer is None:
+            raise EdgevoiceError("this Freeze-Omni package has no tokenizer, so its LLM cannot write or read tool "
+                                 "calls; re-export it with its tokenizer to use tools")
         ToolRunner(lambda _: None).register(tool)  # validates the schema now, not mid-conversation
         self._tools.append(tool)
 
@@ -187,10 +190,8 @@ class Agent:
     def _freeze_omni_session(self, io: AudioIO, threaded: bool):
         from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
 
-        if self._tools:
-            raise EdgevoiceError("tools are not wired into the freeze-omni recipe yet; use a cascade package for tools")
         options = FoSessionOptions(echo_cancellation=self.options.echo_cancellation, threaded=threaded)
-        return FreezeOmniSession(self.pipeline, io, options, events=self.bus)
+        return FreezeOmniSession(self.pipeline, io, options, events=self.bus, tools=self._tools)
 
     def _listen(self, end: float | None) -> None:
         session, io = self.session, self.session.io

@@ -5,15 +5,17 @@ in a worker pool, never on the listening or speaking threads; a result (or an er
 comes back through ``on_done`` whenever it is ready, and the session turns it into an event and
 into conversation context.
 
-How a model asks for a tool is recipe-specific. The cascade's convention (what the system prompt
-teaches the LLM, and what ``parse_tool_calls`` reads) is one JSON object per call inside tags:
+How a model asks for a tool is one convention for every recipe (the cascade's, and Freeze-Omni's
+in ``runtime.freeze_omni.tools``): what the system prompt teaches the LLM, and what
+``parse_tool_calls`` reads, is one JSON object per call inside tags:
 
     <tool_call>{"name": "get_time", "arguments": {"city": "Paris"}}</tool_call>
 
 Text outside the tags is spoken; the tags are not. When tools are registered, the system prompt
 gets ``ToolRunner.prompt()``: the tools' names, descriptions and argument schemas, and this
-convention. A result re-enters the conversation as a ``tool`` message (JSON with ``name``,
-``ok`` and ``result`` or ``error``), and the agent speaks about it as soon as the floor is free.
+convention. A result re-enters the conversation as a ``tool`` message (``ToolOutcome.message``:
+JSON with ``name``, ``ok`` and ``result`` or ``error``), and the agent speaks about it as soon as
+the floor is free.
 
 Whether a reply calls a tool, and the call's JSON, are decided while decoding (``constraint``):
 by default a lexical router over the tools' words forces the opening of a call, and a grammar
@@ -69,6 +71,10 @@ class ToolOutcome:
     def answer(self) -> dict[str, Any]:
         """``{"result": ...}`` or ``{"error": ...}``: what the conversation and the events carry."""
         return {"result": self.result} if self.ok else {"error": self.error}
+
+    def message(self) -> str:
+        """The content of the ``tool`` turn that brings the outcome back to the model (every recipe)."""
+        return json.dumps({"name": self.call.name, "ok": self.ok, **self.answer()}, default=str)
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall]]:

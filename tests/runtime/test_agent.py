@@ -144,7 +144,8 @@ def test_talk_runs_a_freeze_omni_package_through_the_same_agent(tmp_path):
     assert result.returncode == 0, result.stderr
     kinds = [line.split('"kind": "')[1].split('"')[0] for line in events.read_text().splitlines()]
     assert "turn_state" in kinds and kinds[-1] == "session_end"
-    with pytest.raises(EdgevoiceError, match="tools are not wired"):
-        tiny = Agent(package.directory)
-        tiny.tool(name="noop")(lambda: None)
-        tiny.start(FileIO(question(), recording_rate=RATE))
+    tiny = Agent(package.directory)  # its tools at work: tests/runtime/freeze_omni/test_tool_calls.py
+    tiny.tool(name="noop")(lambda: None)
+    session = tiny._new_session(FileIO(question(), recording_rate=RATE))
+    assert [tool.name for tool in session.tools.tools] == ["noop"]
+    session.close()

@@ -12,7 +12,6 @@ barge-in stops both stages within one token or one clause.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Callable
@@ -87,9 +86,8 @@ class CascadeThinker:
 
     def add_tool_outcome(self, outcome: ToolOutcome) -> None:
         """A tool's result (or failure) joins the conversation as a ``tool`` message."""
-        body = {"name": outcome.call.name, "ok": outcome.ok, **outcome.answer()}
         with self._history_lock:
-            self.agent.history.append({"role": "tool", "content": json.dumps(body, default=str)})
+            self.agent.history.append({"role": "tool", "content": outcome.message()})
 
     def release(self, gen: Generation) -> None:
         """The turn ended as ``gen`` (a speculative answer) assumed: it may play and join the history."""

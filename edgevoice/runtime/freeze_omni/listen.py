@@ -40,7 +40,8 @@ class LlmContext:
     ``log`` keeps the embedding rows fed so far, by kind, so that a context that runs out of cache
     positions can be rebuilt without its oldest turns (``FoLlm.make_room``). Entries are
     (start position, kind, rows (n, hidden)); kinds: "system" (the system prompt), "header" (a user
-    turn's prefix ids and prompt embeddings: an exchange starts here), "audio", "reply".
+    turn's prefix ids and prompt embeddings: an exchange starts here), "audio", "reply", "tool" (a
+    tool result's turn: it stays with the exchange that asked for it).
     """
 
     state: dict[str, np.ndarray]

@@ -29,7 +29,9 @@ from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.freeze_omni.listen import FoListener, FoLlm, LlmContext, LlmFacts, TokenEmbeddings
 from edgevoice.runtime.freeze_omni.speak import Segment, SegmentRule, SpeechDecoder, SpeechOptions, clean_segment_text
+from edgevoice.runtime.freeze_omni.tools import CallWithholder, ReplyToken
 from edgevoice.runtime.llm import LlmTokenizer, SamplingConfig, sample_token
+from edgevoice.runtime.tools import ToolCall
 from edgevoice.runtime.vad import VadPipeline
 
 RECIPES = ("freeze-omni", "tiny")
@@ -49,11 +51,12 @@ OFFLINE_MAX_NEW_TOKENS = 128
 class ReplyItem:
     """One step of a reply as ``FreezeOmniPipeline.respond`` produces it."""
 
-    kind: str  # "token" | "segment" | "done"
+    kind: str  # "token" | "tool_call" | "segment" | "done"
     token: int = -1  # "token": the sampled LLM id
-    text: str = ""  # "token": the text it completes; "done": the whole reply text
+    text: str = ""  # "token": the speakable text it releases (a call's is withheld); "done": the reply's
     segment: Segment | None = None  # "segment": what the speech decoder should voice next
     finish: str = ""  # "done": "stop" (end-of-turn id) or "length" (token or context limit)
+    call: ToolCall | None = None  # "tool_call": a call the reply wrote (never voiced)
 
 
 class FreezeOmniPipeline:
@@ -98,11 +101,12 @@ class FreezeOmniPipeline:
         """Rate of the reply audio (the codec's, 24 kHz)."""
         return self.speech.sample_rate
 
-    def reset(self, system_prompt: str | None = None) -> None:
+    def reset(self, system_prompt: str | None = None, tools_prompt: str = "") -> None:
         """A new conversation: the system prompt prefilled and committed; nothing listened to.
 
         ``system_prompt`` replaces the one given at construction (the reference server sets it per
-        session); the cache is prefilled again either way.
+        session); the cache is prefilled again either way. ``tools_prompt`` (``ToolRunner.prompt()``)
+        is appended to the system turn.
         """
         if system_prompt is not None:
             self.system_prompt = system_prompt
@@ -114,6 +118,11 @@ class FreezeOmniPipeline:
                 raise EdgevoiceError("this package has no tokenizer, so it keeps its own system prompt; "
                                      "pass system_prompt=None")
             ids = list(self.llm.facts.system_prefix_ids) + self.tokenizer.encode(self.system_prompt)
+        if tools_prompt:
+            if self.tokenizer is None:
+                raise EdgevoiceError("this package has no tokenizer, so its LLM cannot be told about tools; "
+                                     "register tools on a package exported with its tokenizer")
+            ids += self.tokenizer.encode("\n\n" + tools_prompt)
         self.llm.feed_ids(context, ids, kind="system")
         self.conversation = context  # the committed point
 
@@ -128,35 +137,40 @@ class FreezeOmniPipeline:
 
         Each token is paired with the hidden state it was sampled from (the reference's
         ``hidden_state``); segments are cut by ``SegmentRule`` and the rest is one last segment.
-        The sampled end-of-turn id is not fed: the next turn prefix starts with it.
+        The sampled end-of-turn id is not fed: the next turn prefix starts with it. A tool call the
+        reply writes (``<tool_call>...</tool_call>``) comes out as a "tool_call" item; its tokens
+        stay in the context but never reach a segment (``CallWithholder``).
         """
         logits = self.llm.feed_ids(context, self.llm.facts.response_prefix_ids)
         rng = np.random.default_rng(self.sampling.seed)
         reply: list[int] = []
-        pending_ids: list[int] = []
-        pending_hidden: list[np.ndarray] = []
-        emitted, segments, finish = "", 0, "length"
-        # A segment's hidden states all go to the speech decoder's prefix rows: cut before they overflow.
-        capacity = self.speech.max_prefix_rows // self.speech.rows_per_hidden
+        emitted, finish = "", "length"
+        cutter = _SegmentCutter(self)
+        withholder = CallWithholder() if self.tokenizer is not None else None  # no text, no calls
         for _ in range(self.max_new_tokens):
-            token = sample_token(logits, self.sampling, rng)
+            token = self._sample(logits, rng)
             if token == self.llm.facts.eod_id:
                 finish = "stop"
                 break
-            pending_ids.append(token)
-            pending_hidden.append(context.hidden)
             reply.append(token)
-            delta, before = self._text_delta(reply, emitted), emitted
+            delta = self._text_delta(reply, emitted)
             emitted += delta
-            yield ReplyItem("token", token=token, text=delta)
-            if self.segment_rule.cut(delta, len(pending_ids), segments == 0, blind=self.tokenizer is None,
-                                     before=before, capacity=capacity):
-                yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
-                segments, pending_ids, pending_hidden = segments + 1, [], []
+            sampled = ReplyToken(token, context.hidden, delta)
+            voiced, calls = withholder.push(sampled) if withholder is not None else ([sampled], [])
+            yield ReplyItem("token", token=token, text="".join(t.text for t in voiced))
+            yield from (ReplyItem("tool_call", call=call) for call in calls)
+            yield from cutter.add(voiced)
             logits = self.llm.feed_ids(context, [token])  # past max_context: the oldest turns go (FoLlm.make_room)
-        if pending_ids:
-            yield ReplyItem("segment", segment=self._segment(segments, pending_ids, pending_hidden))
-        yield ReplyItem("done", text=emitted, finish=finish)
+        if withholder is not None:
+            voiced, calls = withholder.finish()
+            yield from (ReplyItem("tool_call", call=call) for call in calls)
+            yield from cutter.add(voiced)
+        yield from cutter.rest()
+        yield ReplyItem("done", text=cutter.voiced, finish=finish)
+
+    def _sample(self, logits: np.ndarray, rng: np.random.Generator) -> int:
+        """The next reply token from ``logits`` (vocab,)."""
+        return sample_token(logits, self.sampling, rng)
 
     def speak(self, segment: Segment, marks) -> Iterator[np.ndarray]:
         """PCM pieces of one segment at ``output_rate`` (empty pieces between engine calls)."""
@@ -175,6 +189,33 @@ class FreezeOmniPipeline:
             return ""
         text = self.tokenizer.decode(reply)
         return "" if text.endswith("\ufffd") else text[len(emitted) :]
+
+
+class _SegmentCutter:
+    """Collects the voiced tokens of one reply into segments for the speech decoder (``SegmentRule``)."""
+
+    def __init__(self, pipeline: FreezeOmniPipeline):
+        self.pipeline, self.voiced, self.segments = pipeline, "", 0
+        self.ids: list[int] = []
+        self.hidden: list[np.ndarray] = []
+        # A segment's hidden states all go to the speech decoder's prefix rows: cut before they overflow.
+        self.capacity = pipeline.speech.max_prefix_rows // pipeline.speech.rows_per_hidden
+
+    def add(self, tokens: list[ReplyToken]) -> Iterator[ReplyItem]:
+        blind = self.pipeline.tokenizer is None
+        for token in tokens:
+            self.ids.append(token.id)
+            self.hidden.append(token.hidden)
+            before, self.voiced = self.voiced, self.voiced + token.text
+            if self.pipeline.segment_rule.cut(token.text, len(self.ids), self.segments == 0, blind=blind,
+                                              before=before, capacity=self.capacity):
+                yield from self.rest()
+
+    def rest(self) -> Iterator[ReplyItem]:
+        """What is pending as one segment (nothing if nothing is)."""
+        if self.ids:
+            yield ReplyItem("segment", segment=self.pipeline._segment(self.segments, self.ids, self.hidden))
+            self.segments, self.ids, self.hidden = self.segments + 1, [], []
 
 
 def _checked(manifest: Manifest) -> Manifest:

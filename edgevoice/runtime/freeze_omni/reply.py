@@ -8,8 +8,9 @@ time as it would on a device, deterministically, so a barge-in can land in the m
 decode or its speech (with everything inline at once, a reply would be complete before the
 user could interrupt it).
 
-- think: the LLM writes the reply into the turn's context; each segment becomes a speak job;
-  when it finishes uncancelled, its context becomes the committed conversation.
+- think: the LLM writes the reply into the turn's context; each segment becomes a speak job, each
+  tool call it writes starts in the background (``ToolRunner``); when it finishes uncancelled, its
+  context becomes the committed conversation. A follow-up feeds tool results in first.
 - speak: the speech decoder and codec voice a segment; PCM goes into the reply (at the speaker rate).
 """
 
@@ -26,6 +27,7 @@ from edgevoice.runtime.freeze_omni.listen import LlmContext
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.speak import Segment
 from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.tools import ToolCall, ToolRunner
 from edgevoice.runtime.workers import Worker
 
 Emit = Callable[..., None]
@@ -84,13 +86,28 @@ class ReplyTiming:
 class FoReplyJobs:
     """Think and speak jobs over one ``FreezeOmniPipeline``; the session decides when they start."""
 
-    def __init__(self, pipeline: FreezeOmniPipeline, think: Stepper, speak: Stepper, emit: Emit, speaker_rate: int):
+    def __init__(self, pipeline: FreezeOmniPipeline, think: Stepper, speak: Stepper, emit: Emit, speaker_rate: int,
+                 tools: ToolRunner | None = None):
         self.pipeline, self.think, self.speak, self._emit = pipeline, think, speak, emit
-        self.speaker_rate = speaker_rate
+        self.speaker_rate, self.tools = speaker_rate, tools
 
     def start(self, gen: Generation, context: LlmContext, turn: int, timing: ReplyTiming) -> None:
         """Begin the reply ``gen`` written into ``context`` (the turn's own copy)."""
         self.think.submit(self._timed(self._write(gen, context, turn, timing), timing))
+
+    def follow_up(self, gen: Generation, context: LlmContext, tool_ids: list[int], turn: int,
+                  timing: ReplyTiming) -> None:
+        """Feed tool results (``tool_ids``, their turns' tokens) into ``context`` -- a fork of the
+        committed conversation -- commit them, and speak the reply to them."""
+        self.think.submit(self._timed(self._follow_up(gen, context, tool_ids, turn, timing), timing))
+
+    def _follow_up(self, gen: Generation, context: LlmContext, tool_ids: list[int], turn: int,
+                   timing: ReplyTiming) -> Steps:
+        if not gen.cancelled.is_set():
+            self.pipeline.llm.feed_ids(context, tool_ids, kind="tool")
+            self.pipeline.commit(context.fork())  # the results stay in context even if the reply is cut off
+            yield
+        yield from self._write(gen, context, turn, timing)
 
     def mark(self, kind: str, turn: int, timing: ReplyTiming, **data) -> None:
         """A first-of-reply event with the latency since the respond decision (wall and engine time)."""
@@ -127,8 +144,10 @@ class FoReplyJobs:
                 self.mark(ev.FIRST_TOKEN, turn, timing)
             elif item.kind == "segment":
                 self.speak.submit(self._timed(self._voice(gen, item.segment, turn, timing, resampler), timing))
-            else:
-                finish = item.finish
+            elif item.kind == "tool_call":
+                self._start_tool(item.call, turn)
+            else:  # "done": its text also holds a tail the reply's last token only released at the end
+                finish, gen.text = item.finish, item.text
             yield
         if not gen.cancelled.is_set():
             self.pipeline.commit(context)  # the finished exchange is the new rollback point
@@ -136,6 +155,14 @@ class FoReplyJobs:
                    cancelled=gen.cancelled.is_set(), llm_positions=(start_position, context.position),
                    compute_s=timing.compute_s)
         self.speak.submit(self._close(gen, resampler))  # after every queued segment of this reply
+
+    def _start_tool(self, call: ToolCall, turn: int) -> None:
+        """As the cascade: the call is an event, then runs in the background (its result comes later)."""
+        self._emit(ev.TOOL_CALL, turn=turn, name=call.name, arguments=call.arguments)
+        if self.tools is None:
+            self._emit(ev.TOOL_ERROR, turn=turn, name=call.name, error="no tools are registered")
+            return
+        self.tools.call(call)
 
     # --- speak -----------------------------------------------------------------------------------
 

@@ -19,6 +19,11 @@ turn (a backchannel) leaves nothing: the reply goes on and commits as usual.
 
 The gate runs the package's Silero VAD when it has one (the reference's rule), else chunk energy.
 
+Tools (``tools=``, as ``Agent.tool`` registers them) follow the cascade's mechanism: the system
+prompt lists them, a call in the reply text is withheld from speech and run in the background
+(``edgevoice.runtime.freeze_omni.tools``), and its result, once the floor is free (no reply, the
+user not speaking), is fed in as a ``tool`` turn and answered by a follow-up reply.
+
 With ``threaded=False`` on an unpaced ``FileIO`` every stage runs inline and the conversation is
 deterministic: listening costs no virtual time, and a reply advances a fixed number of engine
 steps per chunk (``FoSessionOptions.inline_*``), standing in for the engines' speed.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +46,10 @@ from edgevoice.runtime.freeze_omni.head_policy import HeadTurnOptions, HeadTurnP
 from edgevoice.runtime.freeze_omni.listen import ChunkResult, LlmContext
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.reply import FoReplyJobs, ReplyTiming, Stepper
+from edgevoice.runtime.freeze_omni.tools import tool_turns_ids
 from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.tools import Tool, ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import Decision, TurnState
 from edgevoice.runtime.workers import Worker
 
@@ -127,7 +135,7 @@ class FreezeOmniSession(ListenLoop):
     """One conversation with a Freeze-Omni agent over ``io``; same surface as ``DuplexSession``."""
 
     def __init__(self, pipeline: FreezeOmniPipeline, io: AudioIO, options: FoSessionOptions = FoSessionOptions(),
-                 events: EventBus | None = None, policy: HeadTurnPolicy | None = None):
+                 events: EventBus | None = None, policy: HeadTurnPolicy | None = None, tools: Iterable[Tool] = ()):
         if io.mic_rate != pipeline.sample_rate:
             raise ValueError(f"the listen path takes {pipeline.sample_rate} Hz audio; the I/O gives {io.mic_rate} Hz")
         # One frame is one listen chunk: 2560 samples = 160 ms.
@@ -138,8 +146,14 @@ class FreezeOmniSession(ListenLoop):
         self._listen_worker = Worker("listen", options.threaded, self._stage_failed)
         self._think = Stepper("think", options.threaded, self._stage_failed, options.inline_llm_steps)
         self._speak = Stepper("speak", options.threaded, self._stage_failed, options.inline_speech_steps)
-        self.jobs = _CountingJobs(pipeline, self._think, self._speak, self._emit_turn, io.speaker_rate)
-        pipeline.reset(options.system_prompt)  # a session is a new conversation: the system prompt prefilled again
+        self._outcomes: queue.SimpleQueue[ToolOutcome] = queue.SimpleQueue()
+        self._results: list[ToolOutcome] = []  # outcomes waiting for the floor to be free
+        self.tools = ToolRunner(self._outcomes.put)
+        for tool in tools:
+            self.tools.register(tool)
+        self.jobs = _CountingJobs(pipeline, self._think, self._speak, self._emit_turn, io.speaker_rate, self.tools)
+        # A session is a new conversation: the system prompt (and what it says about tools) prefilled again.
+        pipeline.reset(options.system_prompt, tools_prompt=self.tools.prompt() if self.tools.tools else "")
         if options.gate == "vad" and pipeline.vad is None:
             raise EdgevoiceError("this package has no vad component to gate with; re-export it with this edgevoice "
                                  "or use gate='energy'")
@@ -158,6 +172,7 @@ class FreezeOmniSession(ListenLoop):
 
     def _tick(self) -> None:
         self._act_on_verdicts()
+        self._act()
         self._think.tick()
         self._speak.tick()
         self._feed_speaker()
@@ -167,7 +182,8 @@ class FreezeOmniSession(ListenLoop):
     def idle(self) -> bool:
         """Nobody holds the floor and no stage has work."""
         return (self._current is None and not self.policy.listening and self.policy.state is TurnState.LISTENING
-                and self._listen_worker.idle and self._think.idle and self._speak.idle and self._heard.empty())
+                and self._listen_worker.idle and self._think.idle and self._speak.idle and self._heard.empty()
+                and self.tools.in_flight == 0 and not self._results and self._outcomes.empty())
 
     def _recipe_summary(self) -> dict:
         """Dismissed turns, chunks heard and the respond-latency breakdown (median per stage)."""
@@ -177,6 +193,7 @@ class FreezeOmniSession(ListenLoop):
                 stages.setdefault(kind, []).append(seconds)
         return {
             "dismissed": len(self.events.history(ev.DISMISSED)),
+            "tool_calls": len(self.events.history(ev.TOOL_CALL)),
             "chunks_listened": len(self.events.history(ev.TURN_STATE)),
             "respond_latency_s": {k: sorted(v)[len(v) // 2] for k, v in stages.items()},
         }
@@ -188,6 +205,7 @@ class FreezeOmniSession(ListenLoop):
         self._listen_worker.stop()
         self._think.stop()
         self._speak.stop()
+        self.tools.shutdown()
 
     # --- listen ----------------------------------------------------------------------------------
 
@@ -283,6 +301,31 @@ class FreezeOmniSession(ListenLoop):
         reply = self.pipeline.conversation.fork()
         self._reply_context = reply
         self.jobs.start(gen, reply, self.turn, timing)
+
+    # --- act -------------------------------------------------------------------------------------
+
+    def _act(self) -> None:
+        """Tool outcomes that arrived are reported; once the floor is free, they are fed in and answered."""
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                break
+            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
+            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
+                       **outcome.answer())
+            self._results.append(outcome)
+        floor_free = self._current is None and not self.policy.listening and self.policy.state is TurnState.LISTENING
+        if not self._results or not floor_free:
+            return
+        ids, self._results = tool_turns_ids(self.pipeline.tokenizer, self._results), []
+        self.policy.agent_takes_floor()
+        gen, timing = Generation(), ReplyTiming(time.perf_counter())
+        self._current, self._speaking = gen, False
+        self._current_turn, self._current_timing = self.turn, timing
+        reply = self.pipeline.conversation.fork()
+        self._reply_context = reply
+        self.jobs.follow_up(gen, reply, ids, self.turn, timing)
 
     def _barge_in(self) -> None:
         """Cancel every stage of the reply now; the new turn was heard on top of what it kept of it."""
