@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import espeak
 
 import edgevoice.runtime.freeze_omni.session as fo_session
-from conftest import espeak
 from edgevoice import Agent
 from edgevoice.audio.io import FileIO
 from edgevoice.errors import EdgevoiceError
@@ -21,7 +21,11 @@ from edgevoice.runtime.freeze_omni.head_policy import HeadTurnPolicy
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
 from edgevoice.runtime.freeze_omni.speak import SpeechOptions
-from edgevoice.runtime.freeze_omni.tools import CallWithholder, ReplyToken, tool_turn_ids
+from edgevoice.runtime.freeze_omni.tools import (
+    CallWithholder,
+    ReplyToken,
+    tool_turn_ids,
+)
 from edgevoice.runtime.tools import Tool, ToolCall, ToolOutcome
 
 RATE, OUT_RATE = 16000, 24000
