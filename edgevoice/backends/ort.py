@@ -31,6 +31,7 @@ class OrtOptions:
     device: str = "cpu"  # "cpu", "cuda" (CUDA/TensorRT providers, error if absent) or "auto"
     threads: int = 1  # intra-op threads of the CPU provider
     io_binding: bool | None = None  # keep state on the device between steps; None: on for GPU providers
+    cpu_memory_arena: bool = False  # onnxruntime's CPU arena (see OrtRunner: off keeps an hour's RSS bounded)
     trt_cache_dir: str | None = None  # TensorRT provider: where built engines and timing caches are kept
     trt_provider: bool = True  # allow the TensorRT provider on "cuda" (False: CUDA provider only)
 
@@ -118,6 +119,11 @@ class OrtRunner(Runner):
         session_options.intra_op_num_threads = self.options.threads
         session_options.inter_op_num_threads = 1
         session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # No CPU memory arena: a graph fed many shapes (the LLM's prompt chunks and one-token steps
+        # through one session, Freeze-Omni's re-prefills) grew the arena by 200 MB past minute 40 of
+        # an hour's conversation and kept it; plain allocations stay bounded and decode measured as
+        # fast (BENCHMARKS.md, 2026-12-05). GPU providers keep their own device arenas.
+        session_options.enable_cpu_mem_arena = self.options.cpu_memory_arena
         providers = choose_providers(ort.get_available_providers(), self.options.device, self.options.trt_provider)
         configured = provider_options(providers, component, self.options.trt_cache_dir)
         self.session = ort.InferenceSession(str(onnx_path), session_options, providers=configured)

@@ -115,7 +115,10 @@ def test_one_hour_conversation_has_bounded_memory_and_no_lost_audio(cascade_pack
         assert summary[counter] == 0, counter
     assert not result["warnings"]
     rss = dict(result["rss_mb_by_minute"])
-    # onnxruntime's arenas grow until every input shape of the three questions' turns has been
-    # seen (measured: two rounds of the three, by minute ~31); after that nothing may grow.
+    # Memory reaches its working set while every input shape of the three questions' turns is met
+    # (two rounds of the three, by minute ~31); after that no new high-water mark. RSS may fall
+    # back and rise again as allocations are returned to the system (measured: ±25 MB), so the
+    # bound is on the peak, not on the spread.
+    warming = [mb for minute, mb in rss.items() if minute < 36]
     settled = [mb for minute, mb in rss.items() if minute >= 36]
-    assert len(settled) >= 4 and max(settled) - min(settled) < 32, rss
+    assert len(settled) >= 4 and max(settled) - max(warming) < 32, rss

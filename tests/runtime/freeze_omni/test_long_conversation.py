@@ -144,5 +144,8 @@ def test_an_hour_of_conversation_stays_in_the_cache_and_in_memory(package):
     assert pipeline.llm.trims >= 10  # the cache was full again and again
     positions = [e.data["llm_position"] for e in taken]
     assert max(positions) <= pipeline.llm.facts.max_context
+    # After the first 10 minutes (the event history and the allocations settle) no new high-water
+    # mark: RSS may fall and rise back as memory is returned to the system, a leak climbs past it.
+    warming = [mb for minute, mb in rss.items() if minute < 10]
     settled = [mb for minute, mb in rss.items() if minute >= 10]
-    assert len(settled) >= 40 and max(settled) - min(settled) < 24, rss  # flat after the arenas settle
+    assert len(settled) >= 40 and max(settled) - max(warming) < 24, rss
