@@ -34,6 +34,8 @@ def talk(
     think_while_listening: bool = typer.Option(True, help="Prepare the answer while the user is still speaking."),
     semantic_endpointing: bool = typer.Option(True, help="End turns on the package's end-of-turn model (a thinking "
                                               "pause is not the end); off: a fixed 600 ms of silence."),
+    backchannels: bool = typer.Option(False, help="Cascade: say a quiet \"mhm\" now and then at pauses of a long "
+                                      "user turn (never over the user, at most one per 6 s of their speech)."),
     system_prompt: str = typer.Option(None, help="Instructions for the language model."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", "--max-reply-tokens", min=1,
                                        help="Longest reply, in LLM tokens (default: 64 for cascade, 500 for "
@@ -43,6 +45,7 @@ def talk(
 ) -> None:
     """Talk with the agent: live on the sound devices, or through a recorded conversation (--input/--output)."""
     from edgevoice.runtime.agent import Agent
+    from edgevoice.runtime.backchannel import BackchannelOptions
     from edgevoice.runtime.cascade.session import SessionOptions
 
     if (input is None) != (output is None):
@@ -59,7 +62,8 @@ def talk(
     if echo_cancellation is None:
         echo_cancellation = input is None
     options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening,
-                             semantic_endpointing=semantic_endpointing)
+                             semantic_endpointing=semantic_endpointing,
+                             backchannels=BackchannelOptions() if backchannels else None)
     agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
                   max_new_tokens=max_new_tokens, seed=seed, options=options)
     event_file = _open_events(events)

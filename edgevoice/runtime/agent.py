@@ -45,6 +45,9 @@ class Agent:
                  options: SessionOptions = SessionOptions()):
         manifest = read_manifest(package)
         self.recipe = manifest.recipe
+        if options.backchannels is not None and self.recipe != "cascade":
+            raise EdgevoiceError(f"backchannels are a cascade feature; {manifest.directory} holds recipe "
+                                 f"'{self.recipe}': leave SessionOptions.backchannels None (no --backchannels)")
         # Reply length in LLM tokens; None: the recipe's own (cascade 64, Freeze-Omni 500 as its server).
         length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         if self.recipe == "cascade":
@@ -60,7 +63,7 @@ class Agent:
         else:
             raise EdgevoiceError(f"{manifest.directory} holds recipe '{self.recipe}'; an agent runs cascade, "
                                  f"freeze-omni or tiny packages (`edgevoice export --model cascade --out DIR`)")
-        self.options = options
+        self.options = options  # backchannels off unless options.backchannels is set
         self.bus = EventBus()
         self._tools: list[Tool] = []
         self.session: DuplexSession | None = None

@@ -25,6 +25,7 @@ AGENT_DONE = "agent_done"
 BARGE_IN = "barge_in"
 CANCEL_DONE = "cancel_done"
 BACKCHANNEL = "backchannel"
+AGENT_BACKCHANNEL = "agent_backchannel"  # the agent said "mhm" at a pause of the user's turn (stage start | cut)
 TOOL_CALL = "tool_call"
 TOOL_RESULT = "tool_result"
 TOOL_ERROR = "tool_error"

@@ -20,6 +20,13 @@ A thinking pause then does not end the turn, and a finished one is answered afte
 silence instead of 0.6 s. Without the model the VAD alone ends turns, and one ``warning`` says how
 to re-export the package with it.
 
+Backchannels (``SessionOptions.backchannels``, off by default): during a long user turn the agent
+may say a quiet "mhm" at a pause the end-of-turn model calls incomplete (or, without the model, a
+short VAD pause), within the limits of ``edgevoice.runtime.backchannel``. The clips are synthesized
+once at start with the package's voice and written to the speaker ring like reply audio (so the
+echo canceller gets them as reference); the user resuming flushes the ring as a barge-in pause
+does. No LLM call, no history entry, no turn-policy change: the user keeps the floor.
+
 With ``threaded=False`` the jobs run inline: on a ``FileIO`` over an unpaced virtual clock the
 whole conversation is deterministic and faster than real time (compute takes no virtual time;
 its wall-clock cost is in the events' ``compute_s``). Threads pair with a device or a paced FileIO.
@@ -33,7 +40,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgevoice.audio.io import AudioIO
+from edgevoice.audio.resample import resample
 from edgevoice.runtime import events as ev
+from edgevoice.runtime.backchannel import BackchannelOptions, BackchannelScheduler, quiet_clip
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
@@ -67,8 +76,12 @@ class SessionOptions:
     speculate_after_ms: float = 160.0  # silence after speech that starts a speculative answer
     semantic_endpointing: bool = True  # end turns on the package's end-of-turn model when it has one
     threaded: bool = True  # think and speak on worker threads (False: inline, deterministic on a virtual clock)
+    backchannels: BackchannelOptions | None = None  # a quiet "mhm" at pauses of a long user turn; None: never
 
     def __post_init__(self) -> None:
+        if self.backchannels is not None and self.backchannels.pause_ms >= self.turn.endpoint_silence_ms:
+            raise ValueError("backchannels.pause_ms must be shorter than turn.endpoint_silence_ms, or the VAD "
+                             "ends the turn before the pause is ever heard")
         if not self.think_while_listening:
             return
         if self.speculate_after_ms >= self.turn.endpoint_silence_ms:
@@ -101,6 +114,11 @@ class DuplexSession(ListenLoop):
         self._cancelled: list[tuple[Generation, int, int]] = []  # (reply, its turn, words kept) until its stages stop
         self._tool_results_waiting = 0
         self._last_partial_at = 0.0
+        self._incomplete = False  # this frame brought the end-of-turn model's "incomplete" verdict
+        self._backchannel = self._backchannel_clips = None
+        if options.backchannels is not None:
+            self._backchannel = BackchannelScheduler(options.backchannels, self.frame / io.mic_rate)
+            self._speak.submit(self._prepare_backchannels)  # once, before the user can have spoken 3 s
         if options.think_while_listening:
             self._think.submit(self.thinker.warm_up)
 
@@ -158,15 +176,24 @@ class DuplexSession(ListenLoop):
     # --- listen --------------------------------------------------------------------------------
 
     def _listen(self, frame: np.ndarray) -> None:
-        prob = float(self._vad({"chunk": frame[None]})["prob"].item())
         now = self.io.clock.now()
-        decision = self.policy.update(now, prob, self.level)
+        # Our own backchannel without echo cancellation: the frame is neither the user's speech nor
+        # their silence, so the policy does not see it and the transcript gets zeros.
+        deaf = self._backchannel is not None and self._backchannel.deaf(now)
+        if deaf:
+            frame = np.zeros_like(frame)
+        prob = float(self._vad({"chunk": frame[None]})["prob"].item())
+        decision = Decision.NONE if deaf else self.policy.update(now, prob, self.level)
         self._keep_audio(frame, decision)
-        if self._scorer is not None and decision is Decision.NONE:
+        self._incomplete = False
+        if self._scorer is not None and decision is Decision.NONE and not deaf:
             decision = self._score_turn(now)
         self._act_on(decision)
         if self.policy.state is TurnState.USER_SPEAKING:
             self._think_while_listening(now)
+        if self._backchannel is not None and not deaf:
+            speech = prob >= self.options.turn.threshold and self.level >= self.options.turn.min_level
+            self._backchannel_step(now, speech, decision)
 
     def _act_on(self, decision: Decision) -> None:
         if decision is Decision.USER_STARTED:
@@ -201,6 +228,9 @@ class DuplexSession(ListenLoop):
             verdict = self.policy.score(now, done, prob)
             if verdict is not Decision.NONE:
                 decision = verdict
+            elif prob < self.options.turn.eot_threshold and self.policy.state is TurnState.USER_SPEAKING \
+                    and done.speech_end == self.policy.last_speech:
+                self._incomplete = True  # a fresh "not done yet": a pause a listener may answer with "mhm"
         return decision
 
     def _recent_audio(self, samples: int) -> np.ndarray:
@@ -321,6 +351,43 @@ class DuplexSession(ListenLoop):
             self._cancelled.remove(entry)
             gen, turn, kept = entry
             self._emit_turn(ev.CANCEL_DONE, turn, kept_words=kept, of_words=len(gen.text.split()))
+
+    # --- backchannel ---------------------------------------------------------------------------
+
+    def _prepare_backchannels(self) -> None:
+        """Synthesize every phrase once, quiet and at the speaker rate (speak job at start).
+
+        A voice session of its own, so the replies' noise stream is the same with and without them.
+        """
+        options, voice = self.options.backchannels, self.agent.voice
+        tts = voice.session(seed=0)
+        self._backchannel_clips = {
+            phrase: quiet_clip(resample(tts.synthesize(phrase), voice.sample_rate, self.io.speaker_rate), options.gain)
+            for phrase in options.phrases
+        }
+
+    def _backchannel_step(self, now: float, speech: bool, decision: Decision) -> None:
+        """Cut the clip if the user resumed; at a pause of their turn, maybe play one."""
+        scheduler = self._backchannel
+        if decision in (Decision.USER_STARTED, Decision.BARGE_IN):
+            scheduler.start_turn()
+        if self.policy.state is not TurnState.USER_SPEAKING:
+            return
+        if scheduler.hear(now, speech):
+            self.io.flush_speaker()  # the user goes on: not a word over them
+            self._emit(ev.AGENT_BACKCHANNEL, stage="cut")
+            return
+        if not self._backchannel_clips or self.io.speaker.readable or self.policy.last_speech is None:
+            return
+        silence_ms = (now - self.policy.last_speech) * 1000
+        phrase = scheduler.offer(now, silence_ms, self._incomplete if self._scorer is not None else None)
+        if phrase is None:
+            return
+        clip = self._backchannel_clips[phrase]
+        self.io.speaker.write(clip)
+        duration = clip.size / self.io.speaker_rate
+        scheduler.played(now, duration, echo_cancellation=self._echo is not None)
+        self._emit(ev.AGENT_BACKCHANNEL, stage="start", text=phrase, duration_s=round(duration, 3))
 
     # --- events --------------------------------------------------------------------------------
 
