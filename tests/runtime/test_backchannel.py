@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgevoice.runtime.backchannel import BackchannelOptions, BackchannelScheduler, quiet_clip
+from edgevoice.runtime.backchannel import (
+    BackchannelOptions,
+    BackchannelScheduler,
+    quiet_clip,
+)
 
 FRAME = 0.032  # one VAD frame
 
