@@ -9,6 +9,8 @@ inference runs on the stages' workers, and the AudioIO's callback only copies be
 
 from __future__ import annotations
 
+import queue
+
 import numpy as np
 
 from edgevoice.audio.clock import VirtualClock
@@ -16,6 +18,7 @@ from edgevoice.audio.io import AudioIO, read_aligned
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import Event, EventBus
 from edgevoice.runtime.reply import Generation
+from edgevoice.runtime.tools import ToolOutcome
 from edgevoice.runtime.turns import TurnPolicy
 
 CLIP_WARNING_EVERY_S = 10.0  # a clipping microphone is reported at most this often
@@ -133,6 +136,21 @@ class ListenLoop:
 
     def _agent_done(self, gen: Generation) -> None:
         self._emit(ev.AGENT_DONE)
+
+    # --- act -------------------------------------------------------------------------------------
+
+    def _arrived_tool_outcomes(self, outcomes: queue.SimpleQueue) -> list[ToolOutcome]:
+        """Outcomes the tool runner finished since the last call, each reported as its event."""
+        arrived = []
+        while True:
+            try:
+                outcome = outcomes.get_nowait()
+            except queue.Empty:
+                return arrived
+            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
+            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
+                       **outcome.answer())
+            arrived.append(outcome)
 
     # --- audio -----------------------------------------------------------------------------------
 

@@ -306,14 +306,7 @@ class DuplexSession(ListenLoop):
 
     def _act(self) -> None:
         """Tool outcomes that arrived join the conversation; the agent speaks when the floor is free."""
-        while True:
-            try:
-                outcome = self._outcomes.get_nowait()
-            except queue.Empty:
-                break
-            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
-            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
-                       **outcome.answer())
+        for outcome in self._arrived_tool_outcomes(self._outcomes):
             self.thinker.add_tool_outcome(outcome)
             self._tool_results_waiting += 1
         if self._tool_results_waiting and self._current is None and self.policy.state is TurnState.LISTENING:

@@ -306,15 +306,7 @@ class FreezeOmniSession(ListenLoop):
 
     def _act(self) -> None:
         """Tool outcomes that arrived are reported; once the floor is free, they are fed in and answered."""
-        while True:
-            try:
-                outcome = self._outcomes.get_nowait()
-            except queue.Empty:
-                break
-            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
-            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
-                       **outcome.answer())
-            self._results.append(outcome)
+        self._results.extend(self._arrived_tool_outcomes(self._outcomes))
         floor_free = self._current is None and not self.policy.listening and self.policy.state is TurnState.LISTENING
         if not self._results or not floor_free:
             return
