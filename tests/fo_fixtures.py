@@ -21,21 +21,29 @@ from conftest import SHARED_FIXTURES
 ENV_VAR = "EDGEVOICE_FREEZE_OMNI_FIXTURES"
 
 
-def fixture_sets() -> list[Path]:
-    found = sorted(p for p in SHARED_FIXTURES.glob("freeze_omni_*") if (p / "golden").is_dir())
-    extra = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
+def reference_sets(prefix: str, env_var: str) -> list[Path]:
+    """Every ``shared/fixtures/<prefix>*`` folder with goldens, then those named in ``$env_var``."""
+    found = sorted(p for p in SHARED_FIXTURES.glob(f"{prefix}*") if (p / "golden").is_dir())
+    extra = [Path(p) for p in os.environ.get(env_var, "").split(os.pathsep) if p.strip()]
     unique: dict[Path, None] = {}  # a set named both ways runs once
     for path in found + extra:
         unique.setdefault(path.resolve(), None)
     return list(unique)
 
 
-def fixture_params() -> list:
-    """pytest params, one per set; a single failing placeholder when there is none."""
-    sets = fixture_sets()
+def reference_set_params(sets: list[Path], missing_id: str) -> list:
+    """pytest params, one per set; a single failing placeholder (``missing_id``) when there is none."""
     if not sets:
-        return [pytest.param(None, id="no-freeze-omni-fixtures")]
+        return [pytest.param(None, id=missing_id)]
     return [pytest.param(p, id=p.name) for p in sets]
+
+
+def fixture_sets() -> list[Path]:
+    return reference_sets("freeze_omni_", ENV_VAR)
+
+
+def fixture_params() -> list:
+    return reference_set_params(fixture_sets(), "no-freeze-omni-fixtures")
 
 
 def rel_err(ours, ref) -> float:
@@ -68,7 +76,7 @@ class FixtureSet:
         return self.golden["fbank"].shape[0]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_set(root: Path | None) -> FixtureSet:
     if root is None:
         pytest.fail(f"no Freeze-Omni fixture set: expected {SHARED_FIXTURES}/freeze_omni_*/golden or ${ENV_VAR}")
@@ -84,7 +92,7 @@ def load_set(root: Path | None) -> FixtureSet:
     return FixtureSet(root, golden, meta, padded)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_listen_of(root: Path | None):
     """The set's listen path, with an LLM cache just long enough for its whole listen replay."""
     from edgevoice.weights.freeze_omni.audiollm import load_listen

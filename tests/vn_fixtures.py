@@ -9,31 +9,22 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import SHARED_FIXTURES
+from fo_fixtures import reference_set_params, reference_sets
 
 ENV_VAR = "EDGEVOICE_VOCALNET_FIXTURES"
 
 
 def fixture_sets() -> list[Path]:
-    found = sorted(p for p in SHARED_FIXTURES.glob("vocalnet_*") if (p / "golden").is_dir())
-    extra = [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p.strip()]
-    unique: dict[Path, None] = {}  # a set named both ways runs once
-    for path in found + extra:
-        unique.setdefault(path.resolve(), None)
-    return list(unique)
+    return reference_sets("vocalnet_", ENV_VAR)
 
 
 def fixture_params() -> list:
-    """pytest params, one per set; a single failing placeholder when there is none."""
-    sets = fixture_sets()
-    if not sets:
-        return [pytest.param(None, id="no-vocalnet-fixtures")]
-    return [pytest.param(p, id=p.name) for p in sets]
+    return reference_set_params(fixture_sets(), "no-vocalnet-fixtures")
 
 
 @dataclass(frozen=True)
