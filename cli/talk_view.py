@@ -71,7 +71,9 @@ def render(session, state: LiveState) -> Panel:
         table.add_row("agent", state.reply)
         table.add_row("last turn", "—" if state.last_latency is None else f"first audio {state.last_latency * 1000:.0f} ms after your turn ended")
         table.add_row("tools", state.tool or "—")
-    table.add_row("audio", f"xruns {xruns}, mic samples lost {lost}, clipped {io.stats.clipped_samples}")
+    # Starved: the device played silence for want of queued reply audio, a gap PortAudio does not flag.
+    table.add_row("audio", f"xruns {xruns}, output starved {io.stats.output_starved}, mic samples lost {lost}, "
+                           f"clipped {io.stats.clipped_samples}")
     return Panel(Group(table), title=f"edgevoice talk — turn {session.turn}", subtitle="Ctrl-C to stop")
 
 

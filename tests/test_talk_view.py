@@ -15,7 +15,7 @@ from edgevoice.runtime.turns import TurnState
 
 
 def fake_session(state: TurnState, paused: bool = False):
-    stats = AudioStats(xruns=2, clipped_samples=5)
+    stats = AudioStats(xruns=2, clipped_samples=5, output_starved=7)
     audio = SimpleNamespace(stats=stats, mic=SimpleNamespace(overrun_samples=160))
     return SimpleNamespace(policy=SimpleNamespace(state=state, paused=paused), level=0.05, turn=3, io=audio)
 
@@ -39,7 +39,7 @@ def test_the_view_shows_state_words_latency_and_xruns():
     assert "speaking" in text and "turn 3" in text
     assert "What is the time?" in text and "It is noon." in text
     assert "650 ms" in text and "tool_call: clock" in text
-    assert "xruns 2" in text and "lost 160" in text and "clipped 5" in text
+    assert "xruns 2" in text and "lost 160" in text and "clipped 5" in text and "starved 7" in text
 
 
 def test_a_cancelled_reply_does_not_replace_the_one_shown_and_pauses_are_marked():
