@@ -141,13 +141,15 @@ def conversation_turns(history) -> list[dict]:
     said when interrupted), and its first-audio latency: as a live run would have had it (compute
     included, estimated) and as measured on the virtual clock (where compute takes no time)."""
     from edgevoice.runtime import events as ev
-    from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
+    from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
 
     estimates = ev.estimated_live_first_audio(history)
+    after_speech = ev.estimated_live_after_speech_end(history)
     turns: dict[int, dict] = {}
     for event in history:
         turn = turns.setdefault(event.turn, {"turn": event.turn, "transcript": "", "reply": "", "interrupted": False,
                                              ESTIMATED_LIVE_KEY: _rounded(estimates.get(event.turn)),
+                                             SPEECH_END_ESTIMATED_LIVE_KEY: _rounded(after_speech.get(event.turn)),
                                              VIRTUAL_CLOCK_KEY: None})
         if event.kind == ev.TRANSCRIPT:  # the last one of a turn counts (a dropped speculation comes first)
             turn["transcript"] = event.data["text"]
@@ -167,10 +169,14 @@ def _rounded(seconds: float | None) -> float | None:
 
 
 def summary_table(summary: dict) -> Table:
-    from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
+    from edgevoice.runtime.loop import (ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, SPEECH_END_KEY,
+                                        VIRTUAL_CLOCK_KEY)
 
     labels = {  # rows whose key alone would not say what they measure
         ESTIMATED_LIVE_KEY: "first audio after endpoint (estimated live, compute included), s",
+        SPEECH_END_ESTIMATED_LIVE_KEY: "first audio after end of speech (estimated live, endpoint silence and compute "
+                                       "included), s",
+        SPEECH_END_KEY: "first audio after end of speech (endpoint silence included), s",
         VIRTUAL_CLOCK_KEY: "first audio after endpoint (virtual clock, compute not included), s",
     }
     table = Table("conversation", "", title=None)

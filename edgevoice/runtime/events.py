@@ -129,6 +129,31 @@ def respond_breakdown(events: list[Event]) -> dict[int, dict[str, float]]:
     return result
 
 
+def estimated_live_after_speech_end(events: list[Event]) -> dict[int, float]:
+    """Per turn: ``estimated_live_first_audio`` counted from the end of the user's speech instead of
+    the endpoint decision: what the user waits, the endpoint silence included.
+
+    ``user_speech_end`` carries ``speech_end``, the end of the last frame the VAD heard as speech;
+    the decision came ``silence_ms`` after it (the VAD's silence or the end-of-turn model's first
+    "complete"), so the user waited that much more than the endpoint figure says.
+    """
+    ends = {e.turn: e for e in events if e.kind == USER_SPEECH_END and e.data.get("speech_end") is not None}
+    return {turn: seconds + (ends[turn].time - float(ends[turn].data["speech_end"]))
+            for turn, seconds in estimated_live_first_audio(events).items() if turn in ends}
+
+
+def first_audio_after_speech_end(events: list[Event]) -> dict[int, float]:
+    """Per turn: seconds from the end of the user's speech to the agent's first audio, as measured
+    (a live run: compute included by the clock itself)."""
+    ends = {e.turn: float(e.data["speech_end"]) for e in events
+            if e.kind == USER_SPEECH_END and e.data.get("speech_end") is not None}
+    result: dict[int, float] = {}
+    for event in events:
+        if event.kind == FIRST_AUDIO and event.turn in ends:
+            result.setdefault(event.turn, event.time - ends[event.turn])
+    return result
+
+
 def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
     """Per turn: seconds from the endpoint to the first audio a live run would have had, compute included.
 

@@ -25,6 +25,10 @@ CLIP_WARNING_EVERY_S = 10.0  # a clipping microphone is reported at most this of
 # Summary names of the first-audio latency where compute took no time (file mode).
 ESTIMATED_LIVE_KEY = "first_audio_after_endpoint_estimated_live_s"  # see events.estimated_live_first_audio
 VIRTUAL_CLOCK_KEY = "first_audio_after_endpoint_virtual_clock_s"  # as measured on the virtual clock: compute left out
+# What the user waits: from the end of their speech, the endpoint silence included (see
+# events.estimated_live_after_speech_end); the endpoint figures above start at the decision.
+SPEECH_END_ESTIMATED_LIVE_KEY = "first_audio_after_speech_end_estimated_live_s"
+SPEECH_END_KEY = "first_audio_after_speech_end_s"  # live runs: as measured
 
 
 def compute_takes_no_time(io: AudioIO) -> bool:

@@ -17,7 +17,7 @@ from edgevoice.cli.talk_cmd import conversation_turns, summary_table
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.session import SessionOptions
 from edgevoice.runtime.events import Event
-from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
+from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY
 
 RATE = 16000
 
@@ -54,6 +54,19 @@ def test_the_reply_that_played_counts_not_a_dropped_speculation():
     assert ev.estimated_live_first_audio(events) == {1: pytest.approx(0.5)}
 
 
+def test_from_the_end_of_speech_the_endpoint_silence_is_added():
+    # Speech ended at 1.79 s, the end-of-turn model took the turn 210 ms later; a speculative answer
+    # started at 1.95 s needs 0.8 s: the endpoint figure is 0.75 s, the user waits 0.96 s.
+    events = [*answer(1, 1.95, 3, asr=0.3, llm=0.4, voice=0.1),
+              Event(2.0, ev.USER_SPEECH_END, 1, {"speech_end": 1.79}), Event(2.0, ev.FIRST_AUDIO, 1)]
+    assert ev.estimated_live_first_audio(events) == {1: pytest.approx(0.75)}
+    assert ev.estimated_live_after_speech_end(events) == {1: pytest.approx(0.96)}
+    live = [Event(2.0, ev.USER_SPEECH_END, 1, {"speech_end": 1.79}), Event(2.6, ev.FIRST_AUDIO, 1),
+            Event(3.5, ev.FIRST_AUDIO, 1)]  # a second reply in the same turn does not count
+    assert ev.first_audio_after_speech_end(live) == {1: pytest.approx(0.81)}
+    assert ev.first_audio_after_speech_end([Event(2.0, ev.USER_SPEECH_END, 1), Event(2.6, ev.FIRST_AUDIO, 1)]) == {}
+
+
 def test_a_turn_without_an_answer_to_speech_gets_no_estimate():
     follow_up = [e for e in answer(1, 2.0, 9, 0.3, 0.4, 0.1) if e.kind != ev.TRANSCRIPT]  # a tool's follow-up
     events = [Event(1.0, ev.USER_SPEECH_END, 1), *follow_up, Event(2.0, ev.FIRST_AUDIO, 1)]
@@ -81,9 +94,12 @@ def test_file_mode_reports_the_estimate_in_summary_turns_and_events(cascade_pack
     summary = session.summary()
     assert summary[ESTIMATED_LIVE_KEY] == pytest.approx(critical)  # no speculation: nothing hidden
     assert summary[VIRTUAL_CLOCK_KEY] == 0.0 and "first_audio_after_endpoint_s" not in summary
+    waited = end.time - end.data["speech_end"]  # the endpoint silence: the user waits it too
+    assert 0.15 < waited < 0.7 and summary[SPEECH_END_ESTIMATED_LIVE_KEY] == pytest.approx(critical + waited)
     assert ends[0].data[ESTIMATED_LIVE_KEY] == pytest.approx(critical)  # in the session_end event too
     [turn] = conversation_turns(history)  # talk --json
     assert turn[ESTIMATED_LIVE_KEY] == pytest.approx(critical, abs=1e-3) and turn[VIRTUAL_CLOCK_KEY] == 0.0
     labels = list(summary_table(summary).columns[0].cells)
     assert "first audio after endpoint (estimated live, compute included), s" in labels
     assert "first audio after endpoint (virtual clock, compute not included), s" in labels
+    assert "first audio after end of speech (estimated live, endpoint silence and compute included), s" in labels

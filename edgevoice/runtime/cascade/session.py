@@ -47,7 +47,8 @@ from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
 from edgevoice.runtime.events import EventBus
-from edgevoice.runtime.loop import ESTIMATED_LIVE_KEY, VIRTUAL_CLOCK_KEY, ListenLoop, compute_takes_no_time
+from edgevoice.runtime.loop import (ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, SPEECH_END_KEY, VIRTUAL_CLOCK_KEY,
+                                    ListenLoop, compute_takes_no_time)
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import (
@@ -156,9 +157,11 @@ class DuplexSession(ListenLoop):
         if compute_takes_no_time(self.io):
             # The measured latency leaves the engines out: say so, and add the compute-inclusive estimate.
             summary[ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_first_audio(history).values())
+            summary[SPEECH_END_ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_after_speech_end(history).values())
             summary[VIRTUAL_CLOCK_KEY] = measured
         else:
             summary["first_audio_after_endpoint_s"] = measured
+            summary[SPEECH_END_KEY] = _median(ev.first_audio_after_speech_end(history).values())
         return summary
 
     def close(self) -> None:
