@@ -47,6 +47,49 @@ def measure_latency(sample_rate: int) -> int:
     return lag
 
 
+class EchoPresence:
+    """Whether the microphone hears the speaker at all, from 10 ms block energies.
+
+    AEC3's suppressor cannot tell a headset (no echo) from a room it has not learnt: while the
+    agent talks it mutes the near end's first syllables as possible echo, which delayed barge-in
+    on a headset by ~1 s. The evidence that there is no echo is plain: the microphone is no
+    louder while the speaker plays than its own floor while it is quiet. Only then is the raw
+    microphone passed on (AEC3 keeps running, so nothing is lost when echo appears).
+
+    The test is one-sided on purpose: anything that raises the microphone while the speaker plays
+    (echo, or the user talking over the agent) keeps the canceller's output, the safe choice.
+    """
+
+    ACTIVE_RMS = 0.01  # reference blocks louder than this count as "the speaker plays"
+    WINDOW = 100  # blocks (1 s) of each kind kept: a change of device is noticed within ~1 s of speech
+    MIN_ACTIVE = 50  # reference-active blocks needed before echo can be declared absent
+    RISE = 2.0  # mic RMS while playing may exceed the quiet floor by this factor (6 dB) and still be no echo
+    FLOOR_PERCENTILE = 10  # the quiet floor: low percentile, so the user's own speech does not lift it
+
+    def __init__(self, frame: int):
+        self.frame = frame
+        self._active: list[float] = []  # mic RMS of recent blocks with the speaker playing
+        self._quiet: list[float] = []  # mic RMS of recent blocks with the speaker silent
+        self.echo_free = False  # True once the speaker is known not to reach the microphone
+
+    def update(self, mic: np.ndarray, reference: np.ndarray) -> bool:
+        """Feed whole 10 ms blocks (same length, a multiple of ``frame``); returns ``echo_free``."""
+        blocks = len(mic) // self.frame
+        mic_rms = np.sqrt(np.mean(mic[: blocks * self.frame].reshape(blocks, -1) ** 2, axis=1))  # (blocks,)
+        ref_rms = np.sqrt(np.mean(reference[: blocks * self.frame].reshape(blocks, -1) ** 2, axis=1))
+        for level, playing in zip(mic_rms.tolist(), (ref_rms > self.ACTIVE_RMS).tolist()):
+            kept = self._active if playing else self._quiet
+            kept.append(level)
+            del kept[: -self.WINDOW]
+        if len(self._active) >= self.MIN_ACTIVE and self._quiet:
+            floor = float(np.percentile(self._quiet, self.FLOOR_PERCENTILE))
+            self.echo_free = float(np.median(self._active)) <= max(self.RISE * floor, 1e-4)
+        return self.echo_free
+
+    def reset(self) -> None:
+        self._active, self._quiet, self.echo_free = [], [], False
+
+
 class EchoCanceller:
     """AEC3 over a stream: ``process(mic, reference)`` in chunks of any length, cleaned mic out.
 
@@ -55,7 +98,8 @@ class EchoCanceller:
     output sample.
     """
 
-    def __init__(self, sample_rate: int = 16000, noise_suppression: bool = False, stream_delay_ms: int = 0):
+    def __init__(self, sample_rate: int = 16000, noise_suppression: bool = False, stream_delay_ms: int = 0,
+                 pass_through_without_echo: bool = True):
         if sample_rate not in SUPPORTED_RATES:
             raise EdgevoiceError(
                 f"echo cancellation runs at {', '.join(map(str, SUPPORTED_RATES))} Hz, not {sample_rate} Hz; "
@@ -76,6 +120,9 @@ class EchoCanceller:
         self.input_position = 0  # microphone position of the next input sample
         self.output_position = 0  # microphone position of the next output sample
         self.nonfinite_samples = 0  # NaN/inf input samples replaced by 0
+        # No echo heard (a headset): hand on the raw microphone, position-aligned like the output.
+        self.presence = EchoPresence(self.frame) if pass_through_without_echo else None
+        self._raw = np.zeros(0, dtype=np.float32)  # processed mic samples not yet matched by output
 
     def process(self, mic: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Cancel ``reference``'s echo from ``mic`` (same length, 1-D float32); returns the cleaned samples ready."""
@@ -99,12 +146,24 @@ class EchoCanceller:
             dropped = min(self._to_drop, len(out))
             out, self._to_drop = out[dropped:], self._to_drop - dropped
         self.output_position += len(out)
-        return out
+        if self.presence is None:
+            return out
+        self._raw = np.concatenate([self._raw, mic[:whole]])
+        raw, self._raw = self._raw[: len(out)], self._raw[len(out):]  # the mic at the output's positions
+        return raw.copy() if self.presence.update(mic[:whole], reference[:whole]) else out
+
+    @property
+    def passing_through(self) -> bool:
+        """True while no echo is heard and the raw microphone is handed on."""
+        return self.presence is not None and self.presence.echo_free
 
     def reset(self) -> None:
         """Forget the learnt echo path and any buffered input (a new session or a moved device)."""
         self._aec.reset()
         self._tail, self._to_drop = 0, self.latency
+        self._raw = np.zeros(0, dtype=np.float32)
+        if self.presence is not None:
+            self.presence.reset()
         self.input_position = self.output_position = 0
 
     def _checked(self, samples: np.ndarray, name: str) -> np.ndarray:
