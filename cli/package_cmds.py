@@ -16,15 +16,18 @@ console = Console()
 
 
 def export(
-    model: str = typer.Option("silero-vad", help="Model recipe to export: cascade, silero-vad, freeze-omni, tiny."),
+    model: str = typer.Option("silero-vad", help="Model recipe to export: cascade, silero-vad, freeze-omni, tiny, vocalnet, vocalnet-tiny."),
     target: str = typer.Option("cpu", help="Target profile from hw/ (e.g. cpu, jetson-orin, rtx-4090)."),
     out: Path = typer.Option(..., help="Directory to write the engine package to."),
     precision: str = typer.Option(None, help="fp32 (default, exact) or fp16 (GPU targets)."),
     verify: bool = typer.Option(False, help="Check torch vs onnxruntime parity and the upstream model."),
     force: bool = typer.Option(False, help="Export again even if OUT already holds an up-to-date package."),
     voice: str = typer.Option(None, help="Cascade voice: joe (Piper, default) or kokoro (Kokoro-82M, Apache-2.0)."),
-    weights: Path = typer.Option(None, help="freeze-omni: Freeze-Omni's checkpoints/ folder (audiollm, decoder, codec)."),
+    weights: Path = typer.Option(None, help="freeze-omni: Freeze-Omni's checkpoints/ folder (audiollm, decoder, codec); "
+                                 "vocalnet: the VocalNet model folder (e.g. checkpoints/VocalNet-1B)."),
     llm: Path = typer.Option(None, help="freeze-omni: the Qwen2 directory it was trained on (config.json, safetensors, tokenizer)."),
+    cosyvoice: Path = typer.Option(None, help="vocalnet: the CosyVoice2-0.5B folder (cosyvoice.yaml, flow.pt, hift.pt)."),
+    whisper: Path = typer.Option(None, help="vocalnet: the Whisper folder (default: the one its config.json names)."),
 ) -> None:
     """Export MODEL's components to ONNX and write an engine package for TARGET."""
     from edgevoice.export import export_package
@@ -33,12 +36,15 @@ def export(
         manifest = export_package(
             model=model, target=target, out=out, precision=precision, verify=verify, force=force, voice=voice,
             weights=weights, llm=llm, progress=say,
+            **({"cosyvoice": cosyvoice} if cosyvoice else {}), **({"whisper": whisper} if whisper else {}),
         )
     console.print(component_table(manifest))
     console.print(op_check_note(manifest), soft_wrap=True)
     budget = manifest.config.get("memory_budget")
     if budget is not None:
         console.print(budget_table(budget))
+    if manifest.config.get("published_budget"):
+        console.print(published_budget_table(manifest.config["published_budget"]))
     for part, measured in manifest.config.get("upstream", {}).items():
         values = ", ".join(f"{k} {v:.2g}" for k, v in measured.items() if k not in ("against", "limits"))
         console.print(f"{part}: torch port vs {measured['against']}: {values}", soft_wrap=True, highlight=False)
@@ -105,6 +111,19 @@ def budget_table(budget: dict) -> Table:
     verdict = "fits" if budget["fits"] else "does not fit"
     table.add_row(f"[bold]needed / available[/] ({verdict})",
                   f"{format_bytes(budget['needed_bytes'])} / {format_bytes(budget['available_bytes'])}", "")
+    return table
+
+
+def published_budget_table(budgets: dict) -> Table:
+    """The published model shapes (vocalnet: VocalNet-1B and 8B) against every hw/ profile."""
+    from edgevoice.export.budget import format_bytes
+
+    table = Table("model", "target", "needed / available", "fits", title="published shapes (meta tensors) per hw/ profile")
+    for model, entry in budgets.items():
+        for target, row in entry["targets"].items():
+            table.add_row(f"{model} ({entry['precision']})", target,
+                          f"{format_bytes(row['needed_bytes'])} / {format_bytes(row['available_bytes'])}",
+                          "yes" if row["fits"] else "no")
     return table
 
 

@@ -27,7 +27,7 @@ from edgevoice.recipes.base import Recipe
 from edgevoice.targets import TargetProfile, check_precision, load_target
 
 JETPACK6_TRT = "10.3"  # every graph must parse on JetPack 6's TensorRT
-_WEIGHT_OPTIONS = ("weights", "llm")  # freeze-omni's folders: compared with their stamp, not as config values
+_WEIGHT_OPTIONS = ("weights", "llm", "cosyvoice", "whisper")  # weight folders: compared with their stamp, not as config values
 
 # (stage description) -> None; the CLI turns these into a progress display.
 Progress = Callable[[str], None]
@@ -44,6 +44,8 @@ def export_package(
     progress: Progress | None = None,
     weights: str | Path | None = None,
     llm: str | Path | None = None,
+    cosyvoice: str | Path | None = None,
+    whisper: str | Path | None = None,
 ) -> Manifest:
     """Export ``model`` for ``target`` into the directory ``out`` and return its verified manifest.
 
@@ -58,6 +60,8 @@ def export_package(
     exporting the cascade takes minutes. ``voice`` picks the cascade's voice ("joe" by default,
     "kokoro" for the Apache-2.0 alternative). ``weights`` (Freeze-Omni's checkpoints/ folder) and
     ``llm`` (its Qwen2 directory) are the freeze-omni recipe's inputs; they are converted here.
+    For vocalnet, ``weights`` is the VocalNet folder, ``cosyvoice`` the CosyVoice2 folder and
+    ``whisper`` the Whisper folder (default: the one its config.json names).
 
     Recipes made only of torch components get a memory budget against the target
     (``edgevoice.export.budget``), recorded as ``config["memory_budget"]``; a recipe that does not
@@ -73,7 +77,7 @@ def export_package(
                              f"but export writes {' and '.join(sorted(EXPORTABLE, reverse=True))} only); "
                              f"choose --precision fp16 or fp32")
     check_precision(profile, precision)
-    options = _recipe_options(model, voice, weights, llm)
+    options = _recipe_options(model, voice, weights, llm, cosyvoice, whisper)
     out = _prepare_out_dir(Path(out))
     existing = None if force else _up_to_date(out, model, profile, precision, verify, options)
     if existing is not None:
@@ -86,6 +90,12 @@ def export_package(
         say("checking the memory budget")
         budget = check_memory(recipe.components, profile, precision, recipe.name)
         recipe.config["memory_budget"] = budget.to_dict()
+    if model == "vocalnet":  # small or random weights still say what the published sizes need, per target
+        from edgevoice.export.published import budgets_per_target
+        from edgevoice.recipes.vocalnet.published import published_models
+
+        say("measuring the published sizes against every target")
+        recipe.config["published_budget"] = budgets_per_target(published_models(), "fp16")
     command = _export_command(model, target, out, precision, verify, options)
     components = {}
     for component in recipe.components:
@@ -197,8 +207,12 @@ def _check_upstream(recipe: Recipe, say: Progress) -> None:
 
 
 def _recipe_options(model: str, voice: str | None, weights: str | Path | None = None,
-                    llm: str | Path | None = None) -> dict:
-    options = _weight_options(model, weights, llm)
+                    llm: str | Path | None = None, cosyvoice: str | Path | None = None,
+                    whisper: str | Path | None = None) -> dict:
+    if model == "vocalnet" or cosyvoice is not None or whisper is not None:
+        options = _vocalnet_options(model, weights, llm, cosyvoice, whisper)
+    else:
+        options = _weight_options(model, weights, llm)
     if voice is None:
         return options
     if model != "cascade":
@@ -223,6 +237,22 @@ def _weight_options(model: str, weights: str | Path | None, llm: str | Path | No
             raise EdgevoiceError(f"{flag} {folder} is not a directory; pass "
                                  + ("Freeze-Omni's checkpoints/ folder" if flag == "--weights" else "the Qwen2 directory"))
     return {"weights": str(Path(weights).resolve()), "llm": str(Path(llm).resolve())}
+
+
+def _vocalnet_options(model: str, weights, llm, cosyvoice, whisper) -> dict:
+    """--weights/--cosyvoice/--whisper: the vocalnet recipe's folders, checked before any work."""
+    if model != "vocalnet":
+        raise EdgevoiceError(f"--cosyvoice and --whisper apply to vocalnet, not to '{model}'")
+    if llm is not None:
+        raise EdgevoiceError("--llm applies to freeze-omni; vocalnet's LLM is in its --weights folder")
+    if weights is None or cosyvoice is None:
+        raise EdgevoiceError("vocalnet needs --weights VOCALNET_DIR (e.g. checkpoints/VocalNet-1B) and --cosyvoice "
+                             "COSYVOICE_DIR (CosyVoice2-0.5B); export --model vocalnet-tiny needs neither")
+    folders = {"weights": weights, "cosyvoice": cosyvoice, **({"whisper": whisper} if whisper is not None else {})}
+    for key, folder in folders.items():
+        if not Path(folder).is_dir():
+            raise EdgevoiceError(f"--{key} {folder} is not a directory; pass the published folder")
+    return {key: str(Path(folder).resolve()) for key, folder in folders.items()}
 
 
 def _check_llm_memory(model: str, options: dict, profile: TargetProfile, precision: str, say: Progress) -> None:
@@ -263,10 +293,13 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
 
 def _same_components(manifest: Manifest, model: str) -> bool:
     """Whether the package holds the components the recipe makes now (one may have been added since)."""
-    from edgevoice.recipes import expected_components
+    from edgevoice.recipes import expected_components, optional_components
 
     expected = expected_components(model)
-    return expected is None or set(manifest.components) == set(expected)
+    if expected is None:
+        return True
+    held = set(manifest.components)
+    return set(expected) <= held <= set(expected) | set(optional_components(model))
 
 
 def _same_weight_files(manifest: Manifest, options: dict) -> bool:
@@ -274,6 +307,12 @@ def _same_weight_files(manifest: Manifest, options: dict) -> bool:
     if "weights" not in options:
         return True
     from edgevoice.recipes.freeze_omni.recipe import weights_stamp
+
+    if "cosyvoice" in options:  # vocalnet: its folders and their stamp
+        made_from = manifest.config.get("checkpoint", {})
+        folders = [options[k] for k in ("weights", "cosyvoice", "whisper") if k in options]
+        return all(made_from.get(k) == options.get(k) for k in ("weights", "cosyvoice", "whisper")) and (
+            made_from.get("stamp") == weights_stamp(*folders))
 
     made_from = manifest.config.get("checkpoint", {})
     return (made_from.get("weights"), made_from.get("llm")) == (options["weights"], options["llm"]) and (

@@ -15,6 +15,8 @@ RECIPES = {
     "silero-vad": "edgevoice.recipes.silero_vad",
     "freeze-omni": "edgevoice.recipes.freeze_omni.recipe",
     "tiny": "edgevoice.recipes.tiny",
+    "vocalnet": "edgevoice.recipes.vocalnet.recipe",
+    "vocalnet-tiny": "edgevoice.recipes.vocalnet.tiny",
 }
 
 
@@ -27,6 +29,13 @@ def expected_components(name: str) -> tuple[str, ...] | None:
     if name not in RECIPES:
         return None
     return getattr(importlib.import_module(RECIPES[name]), "COMPONENTS", None)
+
+
+def optional_components(name: str) -> tuple[str, ...]:
+    """Components a recipe exports that an older package may lack and still be current (``OPTIONAL_COMPONENTS``)."""
+    if name not in RECIPES:
+        return ()
+    return getattr(importlib.import_module(RECIPES[name]), "OPTIONAL_COMPONENTS", ())
 
 
 def check_model(name: str) -> None:

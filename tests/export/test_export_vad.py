@@ -92,7 +92,7 @@ def test_fp16_refused_on_cpu_target(tmp_path):
 
 
 def test_unknown_model_and_target(tmp_path):
-    with pytest.raises(EdgevoiceError, match="unknown model 'whisper-huge'; known models: cascade, freeze-omni, silero-vad, tiny"):
+    with pytest.raises(EdgevoiceError, match="unknown model 'whisper-huge'; known models: cascade, freeze-omni, silero-vad, tiny, vocalnet, vocalnet-tiny"):
         export_package(model="whisper-huge", target="cpu", out=tmp_path)
     with pytest.raises(EdgevoiceError, match="unknown target 'jetson-tx2'.*jetson-orin-nano"):
         export_package(model="silero-vad", target="jetson-tx2", out=tmp_path)
