@@ -47,6 +47,9 @@ class Tool:
     description: str = ""
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
     timeout_s: float = 10.0  # a call still running after this is reported as failed
+    # No side effects (a lookup): it may run before the user's turn is committed, on what the
+    # speculative answer asks (see ``edgevoice.runtime.early_tools``); others wait for the commit.
+    read_only: bool = False
 
     def spec(self) -> dict[str, Any]:
         """What the model is told about the tool."""
@@ -135,6 +138,11 @@ class ToolRunner:
     @property
     def tools(self) -> list[Tool]:
         return list(self._tools.values())
+
+    def read_only(self, name: str) -> bool:
+        """Whether ``name`` is a registered tool without side effects (False for an unknown name)."""
+        tool = self._tools.get(name)
+        return tool is not None and tool.read_only
 
     def prompt(self) -> str:
         """What the system prompt says about the registered tools and how to call them."""
