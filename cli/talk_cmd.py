@@ -36,6 +36,8 @@ def talk(
                                               "pause is not the end); off: a fixed 600 ms of silence."),
     backchannels: bool = typer.Option(False, help="Cascade: say a quiet \"mhm\" now and then at pauses of a long "
                                       "user turn (never over the user, at most one per 6 s of their speech)."),
+    knowledge: Path = typer.Option(None, help="Cascade: a text/markdown file or folder of the deployment's facts "
+                                   "(opening hours, a room map); each question retrieves what it needs into the prompt."),
     system_prompt: str = typer.Option(None, help="Instructions for the language model."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", "--max-reply-tokens", min=1,
                                        help="Longest reply, in LLM tokens (default: 64 for cascade, 500 for "
@@ -57,6 +59,10 @@ def talk(
     recording = None if input is None else check_recording(input, output)
     if events is not None:
         check_writable(events, "--events", audio=False)
+    if knowledge is not None:
+        from edgevoice.runtime.knowledge import read_sources
+
+        read_sources(knowledge)  # missing, empty or not text: one line, before the engines load
     if input is None:
         _check_sound_devices(audio_backend, input_device, output_device)
     if echo_cancellation is None:
@@ -65,7 +71,7 @@ def talk(
                              semantic_endpointing=semantic_endpointing,
                              backchannels=BackchannelOptions() if backchannels else None)
     agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
-                  max_new_tokens=max_new_tokens, seed=seed, options=options)
+                  max_new_tokens=max_new_tokens, seed=seed, options=options, knowledge=knowledge)
     event_file = _open_events(events)
     if event_file is not None:
         agent.write_events(event_file)
@@ -107,13 +113,17 @@ def _from_file(agent, recording: tuple, output: Path, json_output: bool) -> None
     if json_output:
         print(json.dumps({"turns": turns, "summary": summary, "output": str(output)}, indent=2, default=str))
         return
-    console = Console()
+    print_conversation(Console(), turns, session.events.history(ev.WARNING), summary, io, output)
+
+
+def print_conversation(console: Console, turns: list[dict], warnings, summary: dict, io, output: Path) -> None:
+    """What a recorded conversation printed: each turn, the warnings, the summary, the --output written."""
     for turn in turns:
         console.print(f"[bold]you:[/] {turn['transcript'] or '—'}", highlight=False)
         if turn["reply"] or turn["interrupted"]:
             cut = " [dim](interrupted)[/]" if turn["interrupted"] else ""
             console.print(f"[bold]agent:[/] {turn['reply'] or '—'}{cut}", highlight=False)
-    for warning in session.events.history(ev.WARNING):
+    for warning in warnings:
         console.print(f"warning: {warning.data}", highlight=False)
     console.print(summary_table(summary))
     console.print(f"wrote {output} ({len(io.played()) / io.speaker_rate:.1f} s: what the agent said, aligned with the input)")

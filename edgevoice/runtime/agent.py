@@ -23,7 +23,7 @@ import asyncio
 import threading
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Sequence
 
 from edgevoice.audio.io import AudioIO, FileIO
 from edgevoice.errors import EdgevoiceError
@@ -35,6 +35,7 @@ from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
 from edgevoice.runtime.tools import Tool, ToolRunner
 
 FREEZE_OMNI_RECIPES = ("freeze-omni", "tiny")  # packages whose glue is runtime/freeze_omni/pipeline.py
+VOCALNET_RECIPES = ("vocalnet", "vocalnet-tiny")  # packages whose glue is runtime/vocalnet/pipeline.py
 
 
 class Agent:
@@ -42,9 +43,15 @@ class Agent:
 
     def __init__(self, package: str | Path, *, backend: str = "ort", device: str = "cpu",
                  system_prompt: str | None = None, max_new_tokens: int | None = None, seed: int = 0,
-                 options: SessionOptions = SessionOptions()):
+                 options: SessionOptions = SessionOptions(), knowledge: str | Path | None = None):
+        """``knowledge``: a text/markdown file or folder of the deployment's facts (opening hours, a
+        room map); each turn's question retrieves the passages it needs into the prompt (cascade
+        packages with an ``embed`` component; see ``edgevoice.runtime.knowledge``)."""
         manifest = read_manifest(package)
         self.recipe = manifest.recipe
+        if knowledge is not None and self.recipe != "cascade":
+            raise EdgevoiceError(f"a knowledge memory is a cascade feature; {manifest.directory} holds recipe "
+                                 f"'{self.recipe}': leave knowledge None (no --knowledge)")
         if options.backchannels is not None and self.recipe != "cascade":
             raise EdgevoiceError(f"backchannels are a cascade feature; {manifest.directory} holds recipe "
                                  f"'{self.recipe}': leave SessionOptions.backchannels None (no --backchannels)")
@@ -52,7 +59,8 @@ class Agent:
         length = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
         if self.recipe == "cascade":
             self.pipeline = CascadePipeline(manifest, backend=backend, device=device, **length,
-                                            system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT, seed=seed)
+                                            system_prompt=system_prompt or DEFAULT_SYSTEM_PROMPT, seed=seed,
+                                            knowledge=knowledge)
             self.mic_rate, self.speaker_rate = self.pipeline.vad.sample_rate, self.pipeline.voice.sample_rate
         elif self.recipe in FREEZE_OMNI_RECIPES:
             from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
@@ -60,9 +68,17 @@ class Agent:
             self.pipeline = FreezeOmniPipeline(manifest, backend=backend, device=device, system_prompt=system_prompt,
                                                **length)
             self.mic_rate, self.speaker_rate = self.pipeline.sample_rate, self.pipeline.output_rate
+        elif self.recipe in VOCALNET_RECIPES:
+            from edgevoice.runtime.vocalnet.pipeline import VocalNetPipeline
+
+            if system_prompt is not None:
+                raise EdgevoiceError("a VocalNet package speaks with the system prompt it was exported with; "
+                                     "leave system_prompt None (no --system-prompt)")
+            self.pipeline = VocalNetPipeline(manifest, backend=backend, device=device, seed=seed, **length)
+            self.mic_rate, self.speaker_rate = self.pipeline.sample_rate, self.pipeline.output_rate
         else:
             raise EdgevoiceError(f"{manifest.directory} holds recipe '{self.recipe}'; an agent runs cascade, "
-                                 f"freeze-omni or tiny packages (`edgevoice export --model cascade --out DIR`)")
+                                 f"freeze-omni, tiny, vocalnet or vocalnet-tiny packages (`edgevoice export --model cascade --out DIR`)")
         self.options = options  # backchannels off unless options.backchannels is set
         self.bus = EventBus()
         self._tools: list[Tool] = []
@@ -75,23 +91,34 @@ class Agent:
     # --- setup ---------------------------------------------------------------------------------
 
     def tool(self, name: str | None = None, *, description: str = "", parameters: dict[str, Any] | None = None,
-             timeout_s: float = 10.0) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: register a function as a tool (arguments described by a JSON schema)."""
+             timeout_s: float = 10.0, read_only: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: register a function as a tool (arguments described by a JSON schema).
+
+        ``read_only=True`` says it has no side effects (a lookup), so the cascade may call it early,
+        on the user's words before their turn is committed (``Tool.read_only``)."""
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
             schema = parameters or {"type": "object", "properties": {}}
             self.add_tool(Tool(name or function.__name__, function, description or (function.__doc__ or "").strip(),
-                               schema, timeout_s))
+                               schema, timeout_s, read_only))
             return function
         return register
 
     def add_tool(self, tool: Tool) -> None:
         if any(t.name == tool.name for t in self._tools):
             raise EdgevoiceError(f"a tool named {tool.name!r} is already registered")
+        if self.recipe in VOCALNET_RECIPES:
+            raise EdgevoiceError("VocalNet packages do not call tools (their LLM was not trained to); "
+                                 "use a cascade or Freeze-Omni package for tools")
         if self.recipe in FREEZE_OMNI_RECIPES and self.pipeline.tokenizer is None:
             raise EdgevoiceError("this Freeze-Omni package has no tokenizer, so its LLM cannot write or read tool "
                                  "calls; re-export it with its tokenizer to use tools")
         ToolRunner(lambda _: None).register(tool)  # validates the schema now, not mid-conversation
         self._tools.append(tool)
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        """The registered tools, in order (each conversation gets its own runner over them)."""
+        return tuple(self._tools)
 
     def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
@@ -180,21 +207,7 @@ class Agent:
     # --- inside ----------------------------------------------------------------------------------
 
     def _new_session(self, io: AudioIO):
-        # Unpaced virtual time would race ahead of threaded thinking: run the stages inline there.
-        inline = isinstance(io, FileIO) and io.pace is None
-        threaded = self.options.threaded and not inline
-        if self.recipe in FREEZE_OMNI_RECIPES:
-            return self._freeze_omni_session(io, threaded)
-        session = DuplexSession(self.pipeline, io, replace(self.options, threaded=threaded), events=self.bus)
-        for tool in self._tools:
-            session.tools.register(tool)
-        return session
-
-    def _freeze_omni_session(self, io: AudioIO, threaded: bool):
-        from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
-
-        options = FoSessionOptions(echo_cancellation=self.options.echo_cancellation, threaded=threaded)
-        return FreezeOmniSession(self.pipeline, io, options, events=self.bus, tools=self._tools)
+        return open_session(self.pipeline, self.recipe, io, self.options, self.bus, self._tools)
 
     def _listen(self, end: float | None) -> None:
         session, io = self.session, self.session.io
@@ -212,6 +225,31 @@ class Agent:
                 summary["error"] = f"{type(self.error).__name__}: {self.error}"
             self.bus.emit(Event(io.clock.now(), ev.SESSION_END, session.turn, summary))
             self._finished.set()
+
+
+def open_session(pipeline, recipe: str, io: AudioIO, options: SessionOptions, events: EventBus,
+                 tools: Sequence[Tool] = ()):
+    """A duplex session of ``recipe`` over ``pipeline`` (loaded, or one ``new_conversation()`` view of it) on ``io``.
+
+    What ``Agent`` and ``edgevoice serve`` both run. Unpaced virtual time would race ahead of
+    threaded thinking: on such a ``FileIO`` the stages run inline.
+    """
+    inline = isinstance(io, FileIO) and io.pace is None
+    threaded = options.threaded and not inline
+    if recipe in FREEZE_OMNI_RECIPES:
+        from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
+
+        fo_options = FoSessionOptions(echo_cancellation=options.echo_cancellation, threaded=threaded)
+        return FreezeOmniSession(pipeline, io, fo_options, events=events, tools=list(tools))
+    if recipe in VOCALNET_RECIPES:
+        from edgevoice.runtime.vocalnet.session import VnSessionOptions, VocalNetSession
+
+        vn_options = VnSessionOptions(echo_cancellation=options.echo_cancellation, threaded=threaded)
+        return VocalNetSession(pipeline, io, vn_options, events=events)
+    session = DuplexSession(pipeline, io, replace(options, threaded=threaded), events=events)
+    for tool in tools:
+        session.tools.register(tool)
+    return session
 
 
 def _only(kind: str, callback: Callable[[Event], None]) -> Callable[[Event], None]:

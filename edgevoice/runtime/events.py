@@ -26,9 +26,16 @@ BARGE_IN = "barge_in"
 CANCEL_DONE = "cancel_done"
 BACKCHANNEL = "backchannel"
 AGENT_BACKCHANNEL = "agent_backchannel"  # the agent said "mhm" at a pause of the user's turn (stage start | cut)
+# Cascade tool events carry ``early``: True for a read-only call started by a speculative answer
+# before the turn was committed (``edgevoice.runtime.early_tools``), False otherwise.
 TOOL_CALL = "tool_call"
 TOOL_RESULT = "tool_result"
 TOOL_ERROR = "tool_error"
+EARLY_TOOL_USED = "early_tool_used"  # the committed reply asked for an early call: its result is used, no second call
+EARLY_TOOL_DROPPED = "early_tool_dropped"  # an early call nobody committed asked for (``reason``): its result is ignored
+# The knowledge memory retrieved passages for the turn (``stage``: "partial" while the user speaks,
+# "final" on the transcript the answer uses; ``early``: the partial's retrieval was there to re-check).
+KNOWLEDGE = "knowledge"
 XRUN = "xrun"
 WARNING = "warning"
 SESSION_END = "session_end"  # the conversation ended; data is the session's summary
@@ -174,8 +181,11 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
 
     The first term is what compute does not explain (listen frames, device blocks). Assumed: the
     live machine computes as fast, and the stages were idle when the answer started (live, a
-    partial transcript still running would delay it). A turn whose first audio did not come from
-    an answer to the user's speech (a tool's follow-up) gets no estimate.
+    partial transcript still running would delay it).
+
+    A turn whose first audio is a tool's follow-up (the reply speaking a result) is estimated along
+    the tool's path instead (``_live_follow_up_start``); without the cascade's tool events (a
+    ``tool_call`` with ``call_id``) it gets no estimate.
     """
     ends = {e.turn: e.time for e in events if e.kind == USER_SPEECH_END}
     first_audio: dict[int, float] = {}
@@ -191,6 +201,12 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
                   and "reply" in e.data]
         path = parts.get(chunks[-1].data["reply"], {}) if chunks else {}
         transcript, text = path.get(TRANSCRIPT), path.get(REPLY_TEXT)
+        if transcript is None and text is not None and text.data.get("first_phrase_compute_s") is not None:
+            start = _live_follow_up_start(events, text.time, parts)
+            if start is not None:
+                compute = text.data["first_phrase_compute_s"] + path[FIRST_SPEECH_CHUNK].data["compute_s"]
+                result[turn] = (start - ends[turn]) + compute + (audio_at - text.time)
+            continue
         if transcript is None or text is None or text.data.get("first_phrase_compute_s") is None:
             continue
         compute = (transcript.data["compute_s"] + text.data["first_phrase_compute_s"]
@@ -198,3 +214,30 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
         unhidden = max(0.0, transcript.time + compute - ends[turn])
         result[turn] = (audio_at - ends[turn]) + unhidden
     return result
+
+
+def _live_follow_up_start(events: list[Event], at: float, parts: dict[Any, dict[str, Event]]) -> float | None:
+    """When a tool's follow-up that started at ``at`` (virtual clock) could have started live.
+
+    It speaks the last result that arrived before it, so it waits for that result and for the
+    committed answer that asked for the call (``early_tool_used`` names it when an early call was
+    used, else the call's own reply). Live, a call starts only once its reply's ASR and LLM have
+    written it, ``max(call time, answer start + transcript.compute_s + tool_call.compute_s)``, and
+    its result comes the tool's measured duration later; the committing answer is ready after
+    its whole compute (``transcript.compute_s + reply_text.compute_s``).
+    """
+    results = [e for e in events if e.kind in (TOOL_RESULT, TOOL_ERROR) and e.time <= at and "call_id" in e.data]
+    calls = {e.data["call_id"]: e for e in events if e.kind == TOOL_CALL and "call_id" in e.data}
+    call = calls.get(results[-1].data["call_id"]) if results else None
+    asker = parts.get(call.data.get("reply"), {}) if call is not None else {}
+    if TRANSCRIPT not in asker:
+        return None
+    written = asker[TRANSCRIPT].time + asker[TRANSCRIPT].data["compute_s"] + call.data.get("compute_s", 0.0)
+    result_at = max(call.time, written) + (results[-1].time - call.time)
+    used = [e for e in events if e.kind == EARLY_TOOL_USED and e.data.get("call_id") == call.data["call_id"]]
+    committer = parts.get(used[0].data.get("reply") if used else call.data.get("reply"), {})
+    ready = at
+    if TRANSCRIPT in committer and REPLY_TEXT in committer:
+        ready = (committer[TRANSCRIPT].time + committer[TRANSCRIPT].data["compute_s"]
+                 + committer[REPLY_TEXT].data["compute_s"])
+    return max(at, result_at, ready)

@@ -16,6 +16,7 @@ spacing); without jinja2, or without a template, a documented ChatML formatter i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,13 @@ class LlmSession:
         runners = [open_runner(manifest, name, backend=backend, device=device) for name in names]
         stream = manifest.component(names[0]).stream
         return cls(runners[0], runners[1] if len(runners) > 1 else None, manifest.path(stream["tokenizer"]), stream)
+
+    def fork(self) -> LlmSession:
+        """Another conversation over the same runners and tokenizer: an empty cache of its own."""
+        other = copy.copy(self)
+        other.finish_reason, other.dropped_messages = None, 0
+        other.reset()
+        return other
 
     @property
     def one_graph(self) -> bool:

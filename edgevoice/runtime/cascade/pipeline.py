@@ -10,6 +10,8 @@ the whole reply — that is the latency a listener feels.
 
 from __future__ import annotations
 
+import copy
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.cascade.asr import WhisperAsr
 from edgevoice.runtime.cascade.turn import EndOfTurnModel
 from edgevoice.runtime.cascade.voices import open_voice
+from edgevoice.runtime.knowledge import Embedder, KnowledgeBase, KnowledgeOptions, Recall, facts_block, missing_embed_error
 from edgevoice.runtime.llm import LlmSession, SamplingConfig
 from edgevoice.runtime.segments import SpeechSegment
 from edgevoice.runtime.vad import VadPipeline
@@ -42,6 +45,7 @@ _MIN_FIRST_CLAUSE_CHARS = 20  # the first audio may start at a comma: a listener
 FIRST_PHRASE_WORDS = 6
 _FIRST_WORDS = re.compile(r"\s*(?:\S+\s+){%d}" % FIRST_PHRASE_WORDS)
 SPEECH_MARGIN_S = 0.2  # audio kept around the detected speech, so word edges survive
+FACTS_SEPARATOR_TOKENS = 4  # the blank line joining the facts to the system prompt, counted apart
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,12 @@ class CascadePipeline:
         max_new_tokens: int = 64,
         seed: int = 0,
         recap_turns: int = 0,
+        knowledge: str | Path | KnowledgeBase | None = None,
+        knowledge_options: KnowledgeOptions = KnowledgeOptions(),
     ):
         manifest = package if isinstance(package, Manifest) else read_manifest(package, recipe=RECIPE)
+        if knowledge is not None and "embed" not in manifest.components:
+            raise missing_embed_error(manifest)  # before the engines load
         self.manifest = manifest
         self.vad = VadPipeline(manifest, backend=backend, device=device)
         self.asr = WhisperAsr.from_manifest(manifest, backend=backend, device=device)
@@ -84,6 +92,21 @@ class CascadePipeline:
         self.sampling = SamplingConfig(seed=seed)
         self.history: list[dict[str, str]] = []  # user/assistant messages of earlier turns
         self.recap_turns = recap_turns
+        # The deployment's facts (``edgevoice.runtime.knowledge``), embedded now, retrieved per turn.
+        self.knowledge = self._open_knowledge(manifest, knowledge, knowledge_options, backend, device)
+
+    def new_conversation(self) -> CascadePipeline:
+        """A new conversation over the same loaded engines (``edgevoice serve`` holds many).
+
+        The view shares what is loaded once (the onnxruntime sessions of every component, the
+        tokenizers, the voice) and owns what one conversation writes: its history, its LLM cache
+        and token log, its voice's noise stream. Sessions over different views never share state.
+        """
+        view = copy.copy(self)
+        view.history = []
+        view.llm = self.llm.fork()
+        view.tts = self.voice.session(seed=self.sampling.seed)
+        return view
 
     def respond(self, audio: np.ndarray, sample_rate: int) -> TurnResult:
         """One turn: find the speech in ``audio``, transcribe it, answer it, speak the answer.
@@ -155,7 +178,40 @@ class CascadePipeline:
         return validate_pcm(audio, sample_rate, rate)
 
     def _messages(self, transcript: str) -> list[dict[str, str]]:
-        return prompt_messages(self.system_prompt, [*self.history, {"role": "user", "content": transcript}], self.recap_turns)
+        messages = prompt_messages(self.system_prompt, [*self.history, {"role": "user", "content": transcript}],
+                                   self.recap_turns)
+        return self.with_facts(messages, self.knowledge.search(transcript) if self.knowledge else None)
+
+    def with_facts(self, messages: list[dict[str, str]], recall: Recall | None) -> list[dict[str, str]]:
+        """``messages`` with the recalled passages added to the system message, within the context budget.
+
+        The facts get at most ``KnowledgeOptions.max_prompt_tokens`` and never more than the context
+        leaves after the rest of the prompt and the reply (``max_new_tokens``), so they cannot push
+        the question out of the context.
+        """
+        if recall is None or not recall.hits or not messages or messages[0]["role"] != "system":
+            return messages
+        llm = self.llm
+        count = lambda text: len(llm.tokenizer.encode(text))
+        used = count(llm.formatter.render(messages))
+        room = llm.max_context - self.max_new_tokens - used - FACTS_SEPARATOR_TOKENS
+        block = facts_block(recall.hits, count, min(self.knowledge.options.max_prompt_tokens, room))
+        if not block:
+            return messages
+        system = {"role": "system", "content": f"{messages[0]['content']}\n\n{block}"}
+        return [system, *messages[1:]]
+
+    def _open_knowledge(self, manifest: Manifest, source, options: KnowledgeOptions, backend: str,
+                        device: str) -> KnowledgeBase | None:
+        if "embed" not in manifest.components:
+            logging.getLogger(__name__).info(
+                "this package has no embed component, so no knowledge memory; re-export it to add one")
+            return None
+        if source is None:
+            return None
+        if isinstance(source, KnowledgeBase):
+            return source
+        return KnowledgeBase.from_path(source, Embedder(manifest, backend=backend, device=device), options)
 
     def _silent_turn(self, segments: Sequence[SpeechSegment], latency: dict[str, float], note: str) -> TurnResult:
         return TurnResult("", "", np.zeros(0, np.float32), self.voice.sample_rate, tuple(segments), latency, (note,))

@@ -11,6 +11,9 @@ Think while listening (``SessionOptions.think_while_listening``): while the user
 transcripts prefill the LLM with the words that have settled, and once they fall silent for
 ``speculate_after_ms`` the whole answer is prepared speculatively; when the endpoint confirms the
 turn it is released to the speaker, and if the user goes on it is cancelled without a trace.
+When that answer asks for a tool registered ``read_only=True``, the call starts right away and its
+result waits for the committed turn: used if the final reply asks for the same call, dropped
+otherwise (``edgevoice.runtime.early_tools``); a tool with side effects runs only after the commit.
 
 Semantic endpointing: when the package has an end-of-turn model (``turn``), the policy asks for
 a score once the user has been silent ``TurnOptions.eot_first_check_ms`` and again while the
@@ -46,6 +49,7 @@ from edgevoice.runtime.backchannel import BackchannelOptions, BackchannelSchedul
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
+from edgevoice.runtime.early_tools import Fate
 from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.loop import (ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, SPEECH_END_KEY, VIRTUAL_CLOCK_KEY,
                                     ListenLoop, compute_takes_no_time)
@@ -148,12 +152,15 @@ class DuplexSession(ListenLoop):
         return (self._current is None and self._speculation is None and not self._heard
                 and self.policy.state is TurnState.LISTENING and self._think.idle and self._speak.idle
                 and self._partials.idle and (self._scorer is None or self._scorer.idle)
-                and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty())
+                and self.tools.in_flight == 0 and self._tool_results_waiting == 0 and self._outcomes.empty()
+                and not self.thinker.early.pending)
 
     def _recipe_summary(self) -> dict:
         history = self.events.history()
         measured = _median(t[ev.FIRST_AUDIO] for t in ev.turn_latencies(history).values() if ev.FIRST_AUDIO in t)
-        summary = {"tool_calls": len(self.events.history(ev.TOOL_CALL))}
+        summary = {"tool_calls": len(self.events.history(ev.TOOL_CALL)),
+                   "early_tool_calls": len([e for e in self.events.history(ev.TOOL_CALL) if e.data.get("early")]),
+                   "early_tool_calls_used": len(self.events.history(ev.EARLY_TOOL_USED))}
         if compute_takes_no_time(self.io):
             # The measured latency leaves the engines out: say so, and add the compute-inclusive estimate.
             summary[ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_first_audio(history).values())
@@ -201,6 +208,7 @@ class DuplexSession(ListenLoop):
     def _act_on(self, decision: Decision) -> None:
         if decision is Decision.USER_STARTED:
             self.turn += 1
+            self.thinker.early.abandon(self.turn - 1, "turn ended")  # nothing found early outlives its turn
             self._last_partial_at = self.io.clock.now()
             self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
         elif decision is Decision.END_OF_TURN:
@@ -210,6 +218,7 @@ class DuplexSession(ListenLoop):
             self._take_turn(judged)
         elif decision is Decision.DISMISS:
             self._drop_speculation()
+            self.thinker.early.abandon(self.turn, "turn dismissed")
             self._heard.clear()
         elif decision is Decision.PAUSE:
             self._pause()
@@ -218,6 +227,7 @@ class DuplexSession(ListenLoop):
             self._heard.clear()
         elif decision is Decision.BARGE_IN:
             self._barge_in()
+            self.thinker.early.abandon(self.turn, "barge-in")
             self.turn += 1
             self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
 
@@ -309,7 +319,7 @@ class DuplexSession(ListenLoop):
 
     def _act(self) -> None:
         """Tool outcomes that arrived join the conversation; the agent speaks when the floor is free."""
-        for outcome in self._arrived_tool_outcomes(self._outcomes):
+        for outcome in self._arrived_tool_outcomes_early() + self.thinker.early.take_ready():
             self.thinker.add_tool_outcome(outcome)
             self._tool_results_waiting += 1
         if self._tool_results_waiting and self._current is None and self.policy.state is TurnState.LISTENING:
@@ -318,6 +328,22 @@ class DuplexSession(ListenLoop):
             gen, turn = Generation(), self.turn
             self._current, self._speaking = gen, False
             self._think.submit(lambda: self.thinker.follow_up(gen, turn))
+
+    def _arrived_tool_outcomes_early(self) -> list[ToolOutcome]:
+        """Outcomes the runner finished, each reported as its event with ``early``; an early call's
+        outcome is kept for its turn (or ignored once dropped) instead of joining the conversation."""
+        arrived = []
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return arrived
+            fate = self.thinker.early.arrived(outcome)
+            kind = ev.TOOL_RESULT if outcome.ok else ev.TOOL_ERROR
+            self._emit(kind, name=outcome.call.name, call_id=outcome.call.call_id, seconds=outcome.seconds,
+                       early=fate is not Fate.NORMAL, **outcome.answer())
+            if fate in (Fate.NORMAL, Fate.USE):
+                arrived.append(outcome)
 
     # --- speak ---------------------------------------------------------------------------------
 

@@ -3,6 +3,9 @@
 - think: transcribe the user's turn, let the LLM write the reply token by token, cut it into
   phrases, start tool calls it asks for; while the user still speaks, transcribe what is there
   (partial transcripts) and prefill the LLM with the words that have stopped changing.
+- act before the turn ends: a speculative answer (made in the user's pause) that asks for a
+  read-only tool starts the call at once (``edgevoice.runtime.early_tools`` keeps its result for
+  the committed reply); a call of a tool with side effects waits until the answer is released.
 - speak: synthesize each phrase and append its audio (at the speaker rate) to the reply, which
   the listen loop plays.
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,12 +25,24 @@ import numpy as np
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.pipeline import CascadePipeline, phrase_cut, prompt_messages
+from edgevoice.runtime.early_tools import EarlyToolCalls
+from edgevoice.runtime.knowledge import Recall
 from edgevoice.runtime.reply import Generation
-from edgevoice.runtime.tools import ToolOutcome, ToolRunner, split_tool_text
+from edgevoice.runtime.tools import ToolCall, ToolOutcome, ToolRunner, split_tool_text
 from edgevoice.runtime.workers import Worker
 
 Emit = Callable[..., None]
 _MARK = "\u2063"  # an invisible separator: where the partial user text ends in a rendered prompt
+
+
+@dataclass
+class _Unreleased:
+    """The tool calls a speculative answer wrote before it was released (run or claimed at release)."""
+
+    gen: Generation
+    turn: int
+    calls: list[tuple[ToolCall, float]] = field(default_factory=list)  # with the LLM seconds until written
+    written: bool = False  # its generation ended: every call it will ask for is in ``calls``
 
 
 class CascadeThinker:
@@ -38,6 +54,9 @@ class CascadeThinker:
         self.speaker_rate, self.tools = speaker_rate, tools
         self._history_lock = threading.Lock()  # history is written by think jobs and by barge-in
         self._last_partial: tuple[int, list[str]] = (0, [])  # (turn, words) of the latest partial transcript
+        self._recall: tuple[int, Recall | None] = (0, None)  # (turn, passages) the knowledge memory found for it
+        self.early = EarlyToolCalls(tools, emit) if tools is not None else None
+        self._unreleased: dict[int, _Unreleased] = {}  # by reply id; guarded by the history lock
 
     # --- jobs the session submits -------------------------------------------------------------
 
@@ -63,12 +82,14 @@ class CascadeThinker:
         self._last_partial = (turn, words)
         self._emit(ev.PARTIAL_TRANSCRIPT, turn=turn, text=text, stable_words=len(stable),
                    compute_s=time.perf_counter() - started)
+        recall = self._recall_while_listening(text, turn)
         if len(stable) >= 2 and self.think.idle:  # never queue in front of an answer
-            ids = self._prefix_ids(" ".join(stable))
+            ids = self._prefix_ids(" ".join(stable), recall)
             self.think.submit(lambda: self.agent.llm.prepare(ids))
 
     def answer(self, gen: Generation, audio: np.ndarray, rate: int, turn: int) -> None:
         """Transcribe the turn and speak the reply (think job)."""
+        self._forget_cancelled()
         started = time.perf_counter()
         transcript = self.agent.asr.transcribe(audio, rate).text.strip() if audio.size else ""
         gen.transcript = transcript
@@ -78,11 +99,12 @@ class CascadeThinker:
             self._finish(gen)
             return
         user = {"role": "user", "content": transcript}
-        self._generate(gen, self._context(user), [user], turn)
+        self._generate(gen, self._context(user, recall=self._recall_for_answer(transcript, turn)), [user], turn)
 
     def follow_up(self, gen: Generation, turn: int) -> None:
         """Speak about tool results that arrived since the last reply (think job)."""
-        self._generate(gen, self._context(), [], turn)
+        recalled_turn, recall = self._recall
+        self._generate(gen, self._context(recall=recall if recalled_turn == turn else None), [], turn)
 
     def add_tool_outcome(self, outcome: ToolOutcome) -> None:
         """A tool's result (or failure) joins the conversation as a ``tool`` message."""
@@ -90,13 +112,21 @@ class CascadeThinker:
             self.agent.history.append({"role": "tool", "content": outcome.message()})
 
     def release(self, gen: Generation) -> None:
-        """The turn ended as ``gen`` (a speculative answer) assumed: it may play and join the history."""
+        """The turn ended as ``gen`` (a speculative answer) assumed: it may play and join the history,
+        and the tool calls it wrote are now the committed turn's: run (or taken from the early ones)."""
         with self._history_lock:
             gen.released.set()
             if gen.pending_history is not None:
                 self.agent.history.extend(gen.pending_history)
                 gen.history_index = len(self.agent.history) - 1
                 gen.pending_history = None
+            held = self._unreleased.pop(gen.id, None)
+        if held is None:
+            return
+        for call, llm_s in held.calls:
+            self.early.commit(call, held.turn, gen.id, llm_s)
+        if held.written:
+            self.early.settle(held.turn)
 
     def barge_in(self, gen: Generation, said: str) -> None:
         """Keep only what the listener heard of ``gen``'s reply as the agent's turn (listen thread)."""
@@ -126,7 +156,7 @@ class CascadeThinker:
             raw += token.text
             speakable, calls = split_tool_text(raw)
             for call in calls[started_calls:]:
-                self._start_tool(call, turn)
+                self._ask_tool(gen, call, turn, time.perf_counter() - t0)
             started_calls = len(calls)
             cut = phrase_cut(speakable, spoken_upto, first=phrases == 0)
             if cut:
@@ -136,7 +166,9 @@ class CascadeThinker:
                 spoken_upto, phrases = cut, phrases + 1
         speakable, calls = split_tool_text(raw, final=True)
         for call in calls[started_calls:]:
-            self._start_tool(call, turn)
+            self._ask_tool(gen, call, turn, time.perf_counter() - t0)
+        if new:  # an answer to the user (not a follow-up): its turn's early calls are decided
+            self._calls_written(gen, turn)
         if gen.cancelled.is_set():
             llm.rollback()  # the cache returns to the last committed turn
         else:
@@ -193,28 +225,91 @@ class CascadeThinker:
             self.agent.history.extend(messages)
             gen.history_index = len(self.agent.history) - 1
 
-    def _start_tool(self, call, turn: int) -> None:
-        self._emit(ev.TOOL_CALL, turn=turn, name=call.name, arguments=call.arguments)
+    def _ask_tool(self, gen: Generation, call: ToolCall, turn: int, llm_s: float) -> None:
+        """A call the reply wrote: run it if the turn is committed; before that, start it early if
+        the tool is read-only, and hold it until the release otherwise (side effects wait)."""
         if self.tools is None:
-            self._emit(ev.TOOL_ERROR, turn=turn, name=call.name, error="no tools are registered")
+            self._emit(ev.TOOL_CALL, turn=turn, name=call.name, arguments=call.arguments, early=False, reply=gen.id)
+            self._emit(ev.TOOL_ERROR, turn=turn, name=call.name, error="no tools are registered", early=False)
             return
-        self.tools.call(call)
+        with self._history_lock:  # the listen loop releases the reply under the same lock
+            if not gen.released.is_set():
+                self._unreleased.setdefault(gen.id, _Unreleased(gen, turn)).calls.append((call, llm_s))
+                if self.tools.read_only(call.name):
+                    self.early.start(call, turn, gen.id, llm_s)
+                return
+        self.early.commit(call, turn, gen.id, llm_s)
+
+    def _calls_written(self, gen: Generation, turn: int) -> None:
+        """The answer ``gen`` has written all its calls: once it is also released, the turn's early
+        calls it did not ask for are dropped."""
+        if self.early is None:
+            return
+        with self._history_lock:
+            if not gen.released.is_set():
+                if gen.cancelled.is_set():
+                    self._unreleased.pop(gen.id, None)  # never released: its held calls never run
+                else:
+                    self._unreleased.setdefault(gen.id, _Unreleased(gen, turn)).written = True
+                return
+        self.early.settle(turn)
+
+    def _forget_cancelled(self) -> None:
+        """Held calls of speculations cancelled after they finished writing: they never run."""
+        with self._history_lock:
+            for reply in [r for r, held in self._unreleased.items() if held.gen.cancelled.is_set()]:
+                del self._unreleased[reply]
+
+    # --- knowledge ----------------------------------------------------------------------------
+
+    def _recall_while_listening(self, partial_text: str, turn: int) -> Recall | None:
+        """Retrieve for the partial transcript (partial job), so the facts are in the prompt the
+        LLM prefills while the user still speaks, and ready when the turn ends."""
+        knowledge = self.agent.knowledge
+        if knowledge is None or len(partial_text.split()) < 2:
+            return None
+        recall = knowledge.search(partial_text)
+        self._recall = (turn, recall)
+        self._emit_recall(recall, turn, "partial", early=False)
+        return recall
+
+    def _recall_for_answer(self, transcript: str, turn: int) -> Recall | None:
+        """The final transcript re-checks the partial's retrieval: the same words reuse it as it is,
+        other words retrieve again (one embedding, ~20 ms on 2 CPU cores)."""
+        knowledge = self.agent.knowledge
+        if knowledge is None:
+            return None
+        recalled_turn, early = self._recall
+        early = early if recalled_turn == turn else None
+        recall = early if early is not None and early.query == transcript else knowledge.search(transcript)
+        self._recall = (turn, recall)
+        self._emit_recall(recall, turn, "final", early=early is not None, reused=recall is early,
+                          same_passages=early is not None and early.key == recall.key)
+        return recall
+
+    def _emit_recall(self, recall: Recall, turn: int, stage: str, early: bool, **facts) -> None:
+        self._emit(ev.KNOWLEDGE, turn=turn, stage=stage, query=recall.query, early=early,
+                   passages=[hit.passage.index for hit in recall.hits],
+                   scores=[round(hit.score, 3) for hit in recall.hits],
+                   compute_s=0.0 if facts.get("reused") else recall.compute_s, **facts)
 
     # --- prompts ------------------------------------------------------------------------------
 
-    def _context(self, *new: dict[str, str]) -> list[dict[str, str]]:
-        """The LLM's chat: system prompt (with the tools and a recap of earlier turns), then ``new``."""
+    def _context(self, *new: dict[str, str], recall: Recall | None = None) -> list[dict[str, str]]:
+        """The LLM's chat: system prompt (with the tools, the recalled facts and a recap of earlier
+        turns), then ``new``."""
         system = self.agent.system_prompt
         if self.tools is not None and self.tools.tools:
             system = f"{system}\n\n{self.tools.prompt()}"
         with self._history_lock:
             history = [*self.agent.history, *new]
-        return prompt_messages(system, history, self.agent.recap_turns)
+        return self.agent.with_facts(prompt_messages(system, history, self.agent.recap_turns), recall)
 
-    def _prefix_ids(self, partial_user_text: str) -> list[int]:
+    def _prefix_ids(self, partial_user_text: str, recall: Recall | None = None) -> list[int]:
         """Token ids of the prompt up to the end of ``partial_user_text`` in a new user message."""
         llm = self.agent.llm
-        rendered = llm.formatter.render(self._context({"role": "user", "content": partial_user_text + _MARK}))
+        user = {"role": "user", "content": partial_user_text + _MARK}
+        rendered = llm.formatter.render(self._context(user, recall=recall))
         return llm.tokenizer.encode(rendered[: rendered.index(_MARK)])
 
 

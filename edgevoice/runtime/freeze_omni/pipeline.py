@@ -18,6 +18,7 @@ This module is the glue a session drives (``edgevoice.runtime.freeze_omni.sessio
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,13 +80,31 @@ class FreezeOmniPipeline:
         embed = TokenEmbeddings(manifest.path(config["llm"]["embed_tokens"]), facts.hidden)
         prompt = np.load(manifest.path(config["prompt"]["embeddings_file"]))
         self.llm = FoLlm(run["fo_llm_listen"], facts, embed, prompt)
-        self.listener = FoListener(run["fo_frontend"], run["fo_encoder"], run["fo_adapter"], self.llm, preroll_chunks)
+        self._listen_parts = (run["fo_frontend"], run["fo_encoder"], run["fo_adapter"], preroll_chunks)
+        self.listener = FoListener(*self._listen_parts[:3], self.llm, preroll_chunks)
         self.speech = SpeechDecoder(run["speech_prefix"], run["speech_text"], run["speech_token"], run["codec"],
                                     config["speech"], config["codec"], embed, speech)
         self.tokenizer = LlmTokenizer(manifest.path(config["tokenizer"])) if config.get("tokenizer") else None
         self.system_prompt, self.sampling = system_prompt, sampling
         self.max_new_tokens, self.segment_rule = max_new_tokens, segments
         self.reset()
+
+    def new_conversation(self) -> FreezeOmniPipeline:
+        """A new conversation over the same loaded engines (``edgevoice serve`` holds many).
+
+        The view shares the runners, embeddings, tokenizer and speech facts; it owns its LLM
+        contexts (``conversation``), its listen path (front-end history, the turn being heard)
+        and its speech sampler's random stream, so sessions over different views share no state.
+        """
+        view = copy.copy(self)
+        view.llm = copy.copy(self.llm)  # the same graph and tables; its own trim count
+        view.llm.trims = 0
+        frontend, encoder, adapter, preroll = self._listen_parts
+        view.listener = FoListener(frontend, encoder, adapter, view.llm, preroll)
+        view.speech = copy.copy(self.speech)
+        view.speech.sampler = copy.deepcopy(self.speech.sampler)  # the random stream as a fresh load has it
+        view.conversation = self.conversation.fork()  # the system prompt as loaded; a session resets it anyway
+        return view
 
     @property
     def sample_rate(self) -> int:
