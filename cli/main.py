@@ -12,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from edgevoice.cli import package_cmds, perf_cmds, system_cmds, talk_cmd, vad_cmd
+from edgevoice.cli import eval_cmd, package_cmds, perf_cmds, system_cmds, talk_cmd, vad_cmd
+from edgevoice.cli import client_cmd, serve_cmd
+from edgevoice.cli import serve_ray_cmd
 from edgevoice.errors import EdgevoiceError
 
 app = typer.Typer(
@@ -31,6 +33,10 @@ app.command("doctor")(system_cmds.doctor)
 app.command("devices")(system_cmds.devices)
 app.command("bench")(perf_cmds.bench)
 app.command("plan")(perf_cmds.plan)
+app.command("serve")(serve_cmd.serve)
+app.command("serve-ray")(serve_ray_cmd.serve_ray)
+app.command("client")(client_cmd.client)
+app.command("eval")(eval_cmd.eval_)
 
 
 def main() -> None:

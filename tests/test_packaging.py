@@ -72,6 +72,16 @@ def test_wheel_maps_export_cli_hw_into_edgevoice(wheel):
     assert not stray, f"top-level entries in the wheel: {stray}"
 
 
+def test_wheel_holds_every_package_folder_and_the_kiosk_page(wheel):
+    # pyproject lists packages by hand: a new family folder left out of it imports from the repo
+    # and is missing from an installed edgevoice.
+    names = set(zipfile.ZipFile(wheel).namelist())
+    folders = [p.parent.relative_to(REPO).as_posix() for p in (REPO / "edgevoice").rglob("__init__.py")]
+    missing = [f for f in folders if f"{f}/__init__.py" not in names]
+    assert not missing, f"package folders not in the wheel (add them to pyproject's packages): {missing}"
+    assert "edgevoice/serve/web/index.html" in names and "edgevoice/serve/web/kiosk.js" in names
+
+
 def test_clean_venv_has_no_torch_or_onnxruntime(venv):
     # The checks below mean something only if the heavy extras are really absent.
     venv_python(venv, """

@@ -19,13 +19,14 @@ This module is the glue a session drives (``edgevoice.runtime.freeze_omni.sessio
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgevoice.backends import open_runner
+from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.freeze_omni.listen import FoListener, FoLlm, LlmContext, LlmFacts, TokenEmbeddings
@@ -105,6 +106,24 @@ class FreezeOmniPipeline:
         view.speech.sampler = copy.deepcopy(self.speech.sampler)  # the random stream as a fresh load has it
         view.conversation = self.conversation.fork()  # the system prompt as loaded; a session resets it anyway
         return view
+
+    def wrap_shared_runners(self, wrap: Callable[[Runner], Runner]) -> list[Runner]:
+        """Put ``wrap(runner)`` in place of each runner that concurrent conversations' steps can share.
+
+        For ``edgevoice serve``'s cross-session batching (docs/batching.md): the VAD, the listen path
+        (front end, encoder, adapter), the listen LLM and the speech decoder's one-token steps. Call
+        it before ``new_conversation``: views copy the runners they find. Returns the wrapped runners,
+        which the caller closes at shutdown.
+        """
+        frontend, encoder, adapter, preroll = self._listen_parts
+        wrapped = [wrap(frontend), wrap(encoder), wrap(adapter), wrap(self.llm.runner), wrap(self.speech.token_runner)]
+        self._listen_parts = (*wrapped[:3], preroll)
+        self.llm.runner, self.speech.token_runner = wrapped[3], wrapped[4]
+        self.listener = FoListener(*wrapped[:3], self.llm, preroll)  # nothing heard yet: a fresh one loses nothing
+        if self.vad is not None:
+            self.vad.runner = wrap(self.vad.runner)
+            wrapped.append(self.vad.runner)
+        return wrapped
 
     @property
     def sample_rate(self) -> int:
