@@ -97,6 +97,19 @@ class ListenLoop:
     def _tick(self) -> None:
         raise NotImplementedError
 
+    def _stage_failed(self, stage: str, exc: BaseException) -> None:
+        """A stage's job raised (the stages' ``on_error``): say so and end the replies it was making;
+        the conversation goes on."""
+        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
+        for gen in self._replies_in_flight():
+            gen.cancel()
+            gen.reply.finish()
+            gen.done.set()
+
+    def _replies_in_flight(self) -> list[Generation]:
+        """The replies a failed stage may have been making (a recipe with more adds them)."""
+        return [self._current] if self._current is not None else []
+
     # --- speak -----------------------------------------------------------------------------------
 
     def _feed_speaker(self) -> None:

@@ -11,8 +11,10 @@ virtual clock this makes a conversation deterministic (compute takes no virtual 
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
+from collections.abc import Iterator
 from typing import Any, Callable
 
 Job = Callable[[], Any]
@@ -74,3 +76,42 @@ class Worker:
         finally:
             with self._lock:
                 self._pending -= 1
+
+
+class Stepper:
+    """Runs step jobs (iterators: one engine call per step) in submission order: on its own worker
+    thread to the end, or -- inline on a virtual clock -- ``steps_per_tick`` steps per ``tick``, so
+    a reply unfolds over virtual time as it would on a device and a barge-in can land inside it."""
+
+    def __init__(self, name: str, threaded: bool, on_error: Callable[[str, BaseException], None], steps_per_tick: int):
+        self.name, self.steps_per_tick, self._on_error = name, max(1, steps_per_tick), on_error
+        self._worker = Worker(name, True, on_error) if threaded else None
+        self._jobs: collections.deque[Iterator[None]] = collections.deque()
+
+    def submit(self, job: Iterator[None]) -> None:
+        if self._worker is not None:
+            self._worker.submit(lambda: collections.deque(job, maxlen=0))  # run every step
+        else:
+            self._jobs.append(job)
+
+    def tick(self) -> None:
+        """Inline: advance the queued jobs by up to ``steps_per_tick`` steps (threaded: nothing to do)."""
+        budget = self.steps_per_tick
+        while budget and self._jobs:
+            try:
+                next(self._jobs[0])
+                budget -= 1
+            except StopIteration:
+                self._jobs.popleft()
+            except Exception as exc:  # noqa: BLE001 - a failed reply is reported; the conversation goes on
+                self._jobs.popleft()
+                self._on_error(self.name, exc)
+
+    @property
+    def idle(self) -> bool:
+        return self._worker.idle if self._worker is not None else not self._jobs
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        self._jobs.clear()

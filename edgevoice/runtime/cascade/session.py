@@ -417,13 +417,8 @@ class DuplexSession(ListenLoop):
         # The reply in flight is not at fault: without a score the turn is taken at eot_max_silence_ms.
         self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
 
-    def _stage_failed(self, stage: str, exc: BaseException) -> None:
-        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
-        for gen in (self._current, self._speculation):
-            if gen is not None:
-                gen.cancel()
-                gen.reply.finish()
-                gen.done.set()
+    def _replies_in_flight(self) -> list[Generation]:
+        return [gen for gen in (self._current, self._speculation) if gen is not None]
 
 
 def _median(values) -> float | None:

@@ -1,7 +1,7 @@
 """The think and speak stages of a Freeze-Omni conversation, as step jobs.
 
 A job is an iterator that does one engine call per step and checks its reply's cancel flag
-between steps. ``Stepper`` runs jobs in order: on its own worker thread to the end (threaded
+between steps. ``Stepper`` (runtime/workers.py) runs jobs in order: on its own worker thread to the end (threaded
 sessions), or -- with ``threaded=False`` on a virtual clock -- a fixed number of steps per 160 ms
 listen chunk. The inline budget stands for the engines' speed: a reply unfolds over virtual
 time as it would on a device, deterministically, so a barge-in can land in the middle of its
@@ -16,7 +16,6 @@ user could interrupt it).
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,47 +27,10 @@ from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.speak import Segment
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolCall, ToolRunner
-from edgevoice.runtime.workers import Worker
+from edgevoice.runtime.workers import Stepper
 
 Emit = Callable[..., None]
 Steps = Iterator[None]
-
-
-class Stepper:
-    """Runs step jobs in submission order: threaded to the end, or ``steps_per_tick`` per ``tick``."""
-
-    def __init__(self, name: str, threaded: bool, on_error: Callable[[str, BaseException], None], steps_per_tick: int):
-        self.name, self.steps_per_tick, self._on_error = name, max(1, steps_per_tick), on_error
-        self._worker = Worker(name, True, on_error) if threaded else None
-        self._jobs: collections.deque[Steps] = collections.deque()
-
-    def submit(self, job: Steps) -> None:
-        if self._worker is not None:
-            self._worker.submit(lambda: collections.deque(job, maxlen=0))  # run every step
-        else:
-            self._jobs.append(job)
-
-    def tick(self) -> None:
-        """Inline: advance the queued jobs by up to ``steps_per_tick`` steps (threaded: nothing to do)."""
-        budget = self.steps_per_tick
-        while budget and self._jobs:
-            try:
-                next(self._jobs[0])
-                budget -= 1
-            except StopIteration:
-                self._jobs.popleft()
-            except Exception as exc:  # noqa: BLE001 - a failed reply is reported; the conversation goes on
-                self._jobs.popleft()
-                self._on_error(self.name, exc)
-
-    @property
-    def idle(self) -> bool:
-        return self._worker.idle if self._worker is not None else not self._jobs
-
-    def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-        self._jobs.clear()
 
 
 @dataclass

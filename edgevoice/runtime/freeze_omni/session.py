@@ -45,13 +45,13 @@ from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.freeze_omni.head_policy import HeadTurnOptions, HeadTurnPolicy, level_db
 from edgevoice.runtime.freeze_omni.listen import ChunkResult, LlmContext
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
-from edgevoice.runtime.freeze_omni.reply import FoReplyJobs, ReplyTiming, Stepper
+from edgevoice.runtime.freeze_omni.reply import FoReplyJobs, ReplyTiming
 from edgevoice.runtime.freeze_omni.tools import tool_turns_ids
 from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import Tool, ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import Decision, TurnState
-from edgevoice.runtime.workers import Worker
+from edgevoice.runtime.workers import Stepper, Worker
 
 
 @dataclass(frozen=True)
@@ -351,13 +351,3 @@ class FreezeOmniSession(ListenLoop):
     def _agent_done(self, gen: Generation) -> None:
         self.jobs.segment_tokens.pop(gen.id, None)
         self._emit_turn(ev.AGENT_DONE, self._current_turn, samples=gen.reply.written)
-
-    # --- events ------------------------------------------------------------------------------------
-
-    def _stage_failed(self, stage: str, exc: BaseException) -> None:
-        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
-        gen = self._current
-        if gen is not None:
-            gen.cancel()
-            gen.reply.finish()
-            gen.done.set()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +36,7 @@ from edgevoice.runtime.loop import ListenLoop
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
 from edgevoice.runtime.vocalnet.pipeline import VocalNetPipeline
-from edgevoice.runtime.workers import Worker
+from edgevoice.runtime.workers import Stepper
 
 FIRST_MEL_CHUNK = "first_mel_chunk"  # the flow's first mel chunk of a reply
 FIRST_PCM = "first_pcm"  # the vocoder's first audio of a reply (before it reaches the speaker)
@@ -59,42 +59,6 @@ class VnSessionOptions:
             raise ValueError("inline_steps must be at least 1")
 
 
-class _ReplyStage:
-    """Runs reply generators: to the end on a thread, or ``steps`` per ``tick`` inline."""
-
-    def __init__(self, threaded: bool, steps: int, on_error: Callable[[str, BaseException], None]):
-        self.steps, self._on_error = steps, on_error
-        self._worker = Worker("reply", True, on_error) if threaded else None
-        self._jobs: collections.deque[Iterator[None]] = collections.deque()
-
-    def submit(self, job: Iterator[None]) -> None:
-        if self._worker is not None:
-            self._worker.submit(lambda: collections.deque(job, maxlen=0))
-        else:
-            self._jobs.append(job)
-
-    def tick(self) -> None:
-        budget = self.steps
-        while budget and self._jobs:
-            try:
-                next(self._jobs[0])
-                budget -= 1
-            except StopIteration:
-                self._jobs.popleft()
-            except Exception as exc:  # noqa: BLE001 - a failed reply is reported; the conversation goes on
-                self._jobs.popleft()
-                self._on_error("reply", exc)
-
-    @property
-    def idle(self) -> bool:
-        return self._worker.idle if self._worker is not None else not self._jobs
-
-    def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-        self._jobs.clear()
-
-
 class VocalNetSession(ListenLoop):
     """One conversation with a VocalNet agent over ``io``; same surface as the other sessions."""
 
@@ -107,7 +71,7 @@ class VocalNetSession(ListenLoop):
         self.pipeline, self.options = pipeline, options
         self.policy = VadTurnPolicy(options.turn)
         self._vad = pipeline.vad.runner.stream()
-        self._stage = _ReplyStage(options.threaded, options.inline_steps, self._stage_failed)
+        self._stage = Stepper("reply", options.threaded, self._stage_failed, options.inline_steps)
         keep = int(pipeline.manifest.config["listen"]["window_samples"] / self.frame) + 1
         self._recent: collections.deque[tuple[float, np.ndarray]] = collections.deque(maxlen=keep)  # (end time, frame)
         self._reply_turn = 0
@@ -231,11 +195,3 @@ class VocalNetSession(ListenLoop):
 
     def _agent_done(self, gen: Generation) -> None:
         self._emit_turn(ev.AGENT_DONE, self._reply_turn, samples=gen.reply.written)
-
-    def _stage_failed(self, stage: str, exc: BaseException) -> None:
-        self._emit(ev.WARNING, stage=stage, error=f"{type(exc).__name__}: {exc}")
-        gen = self._current
-        if gen is not None:
-            gen.cancel()
-            gen.reply.finish()
-            gen.done.set()
