@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from edgevoice.errors import PackageError
+from edgevoice.errors import EdgevoiceError, PackageError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -130,6 +130,20 @@ class Manifest:
     def require_components(self, names: Iterable[str]) -> None:
         for name in names:
             self.component(name)
+
+    def require_recipe(self, recipes: Iterable[str], config_keys: Iterable[str], components: Iterable[str],
+                       export_example: str) -> None:
+        """Refuse a package of another recipe, or one whose config or components a runtime needs are
+        missing (exported by an older edgevoice), in one line that says what to run."""
+        recipes = tuple(recipes)
+        if self.recipe not in recipes:
+            raise EdgevoiceError(f"the package holds recipe '{self.recipe}', not one of {', '.join(recipes)}; "
+                                 f"export one with `{export_example}`")
+        missing = [key for key in config_keys if key not in self.config]
+        if missing:
+            raise EdgevoiceError(f"{self.directory}: the manifest config lacks {', '.join(missing)}; "
+                                 f"re-run `{self.export_command}` with this edgevoice")
+        self.require_components(components)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready description of the verified package."""

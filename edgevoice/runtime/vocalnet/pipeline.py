@@ -175,12 +175,5 @@ class VocalNetPipeline:
 
 
 def _checked(manifest: Manifest) -> Manifest:
-    if manifest.recipe not in RECIPES:
-        raise EdgevoiceError(f"the package holds recipe '{manifest.recipe}', not one of {', '.join(RECIPES)}; "
-                             "export one with `edgevoice export --model vocalnet-tiny --target cpu --out DIR`")
-    missing = [k for k in CONFIG_KEYS if k not in manifest.config]
-    if missing:
-        raise EdgevoiceError(f"{manifest.directory}: the manifest config lacks {', '.join(missing)}; "
-                             f"re-run `{manifest.export_command}` with this edgevoice")
-    manifest.require_components(COMPONENTS)
+    manifest.require_recipe(RECIPES, CONFIG_KEYS, COMPONENTS, "edgevoice export --model vocalnet-tiny --target cpu --out DIR")
     return manifest
