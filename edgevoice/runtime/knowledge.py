@@ -33,6 +33,7 @@ import numpy as np
 from edgevoice.backends import open_runner
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Manifest
+from edgevoice.runtime.text import pack
 
 COMPONENT = "embed"
 TEXT_SUFFIXES = (".md", ".markdown", ".txt")
@@ -141,32 +142,15 @@ def _bounded(body: str, prefix: str, max_chars: int) -> list[str]:
     """``prefix + body`` cut into pieces of at most ``max_chars``, at sentence ends, else at words."""
     room = max(max_chars - len(prefix), max_chars // 2)  # a very long heading path is cut, not the facts
     prefix = prefix[: max_chars - room]
-    pieces, current = [], ""
-    for sentence in _SENTENCE_END.split(body):
-        for part in _words_within(sentence, room):
-            if current and len(current) + 1 + len(part) > room:
-                pieces.append(current)
-                current = part
-            else:
-                current = f"{current} {part}".strip()
-    if current:
-        pieces.append(current)
-    return [prefix + piece for piece in pieces]
+    parts = (part for sentence in _SENTENCE_END.split(body) for part in _words_within(sentence, room))
+    return [prefix + piece for piece in pack(parts, room)]
 
 
 def _words_within(sentence: str, room: int) -> list[str]:
     """A sentence longer than ``room`` as runs of whole words (a single overlong word is cut)."""
     if len(sentence) <= room:
         return [sentence]
-    parts, current = [], ""
-    for word in sentence.split():
-        word = word[:room]
-        if current and len(current) + 1 + len(word) > room:
-            parts.append(current)
-            current = word
-        else:
-            current = f"{current} {word}".strip()
-    return parts + ([current] if current else [])
+    return pack((word[:room] for word in sentence.split()), room)
 
 
 # --- embedding ----------------------------------------------------------------------------------

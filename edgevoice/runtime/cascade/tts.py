@@ -28,6 +28,7 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 
 from edgevoice.errors import EdgevoiceError
+from edgevoice.runtime.text import pack
 
 # Punctuation Piper's phonemizer keeps, and what follows it in the phoneme string: sentence
 # marks end the clause, pause marks are followed by a space (as in piper-phonemize).
@@ -119,31 +120,15 @@ def _cut_at_clause(sentence: str, limit: int) -> tuple[str, str]:
 def _cut_long(sentence: str, max_chars: int) -> list[str]:
     if len(sentence) <= max_chars:
         return [sentence]
-    pieces, current = [], ""
-    for clause, marks in clauses(sentence):
-        part = (clause + marks).strip()
-        if current and len(current) + 1 + len(part) > max_chars:
-            pieces.append(current)
-            current = part
-        else:
-            current = f"{current} {part}".strip()
-    if current:
-        pieces.append(current)
+    pieces = pack(((clause + marks).strip() for clause, marks in clauses(sentence)), max_chars)
     # A clause with no marks at all can still be too long: cut it at word boundaries.
     return [chunk for piece in pieces for chunk in _cut_words(piece, max_chars)]
 
 
 def _cut_words(text: str, max_chars: int) -> list[str]:
-    chunks, current = [], ""
     # A "word" longer than a phrase (a pasted hash, a run of letters) is cut blindly.
-    words = [w[i : i + max_chars] for w in text.split(" ") for i in range(0, max(len(w), 1), max_chars)]
-    for word in words:
-        if current and len(current) + 1 + len(word) > max_chars:
-            chunks.append(current)
-            current = word
-        else:
-            current = f"{current} {word}".strip()
-    return chunks + ([current] if current else [])
+    words = (w[i : i + max_chars] for w in text.split(" ") for i in range(0, max(len(w), 1), max_chars))
+    return pack(words, max_chars)
 
 
 def clauses(phrase: str) -> list[tuple[str, str]]:
