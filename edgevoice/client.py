@@ -110,7 +110,7 @@ class Client:
 
     def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
-        return self.events.subscribe(callback if kind is None else (lambda e: callback(e) if e.kind == kind else None))
+        return self.events.subscribe(callback, kind)
 
     def write_events(self, stream) -> Callable[[], None]:
         """Write every event as a JSON line to ``stream`` (what ``--events`` does)."""

@@ -122,7 +122,7 @@ class Agent:
 
     def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
-        return self.bus.subscribe(callback if kind is None else _only(kind, callback))
+        return self.bus.subscribe(callback, kind)
 
     def write_events(self, stream) -> Callable[[], None]:
         """Write every event as a JSON line to ``stream`` (what ``talk --events`` does)."""
@@ -250,7 +250,3 @@ def open_session(pipeline, recipe: str, io: AudioIO, options: SessionOptions, ev
     for tool in tools:
         session.tools.register(tool)
     return session
-
-
-def _only(kind: str, callback: Callable[[Event], None]) -> Callable[[Event], None]:
-    return lambda event: callback(event) if event.kind == kind else None

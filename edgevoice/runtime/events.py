@@ -72,8 +72,11 @@ class EventBus:
         self._history: list[Event] = []
         self._history_limit = history
 
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call ``callback`` for every event; returns a function that unsubscribes it."""
+    def subscribe(self, callback: Subscriber, kind: str | None = None) -> Callable[[], None]:
+        """Call ``callback`` for every event (or only those of ``kind``); returns a function that
+        unsubscribes it."""
+        if kind is not None:
+            callback = _only(kind, callback)
         with self._lock:
             self._subscribers.append(callback)
         return lambda: self._unsubscribe(callback)
@@ -241,3 +244,7 @@ def _live_follow_up_start(events: list[Event], at: float, parts: dict[Any, dict[
         ready = (committer[TRANSCRIPT].time + committer[TRANSCRIPT].data["compute_s"]
                  + committer[REPLY_TEXT].data["compute_s"])
     return max(at, result_at, ready)
+
+
+def _only(kind: str, callback: Subscriber) -> Subscriber:
+    return lambda event: callback(event) if event.kind == kind else None
