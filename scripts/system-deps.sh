@@ -8,11 +8,4 @@ command -v espeak-ng >/dev/null 2>&1 || missing="$missing espeak-ng"
 command -v sox >/dev/null 2>&1 || missing="$missing sox"
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || missing="$missing libportaudio2"
 [ -z "$missing" ] && exit 0
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "please install:$missing (no apt-get on this system)" >&2
-  exit 1
-fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing >/dev/null
+sh "$(dirname "$0")/apt-install.sh" $missing

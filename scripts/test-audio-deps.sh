@@ -15,11 +15,4 @@ command -v gcc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 python3 -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   2>/dev/null || missing="$missing python3-dev"
 [ -z "$missing" ] && exit 0
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "please install:$missing (no apt-get on this system)" >&2
-  exit 1
-fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+sh "$(dirname "$0")/apt-install.sh" --no-install-recommends $missing

@@ -9,11 +9,4 @@ missing=""
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 ls /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf >/dev/null 2>&1 || missing="$missing fonts-dejavu-core"
 [ -z "$missing" ] && exit 0
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "please install:$missing (no apt-get on this system)" >&2
-  exit 1
-fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing >/dev/null
+sh "$(dirname "$0")/apt-install.sh" --no-install-recommends $missing
