@@ -1,5 +1,5 @@
-"""A scripted stand-in for the LLM: replies chosen by a rule, token by token, through the real
-tokenizer and chat formatter.
+"""Scripted stand-ins: for the LLM (replies chosen by a rule, token by token, through the real
+tokenizer and chat formatter) and, at the end, for Freeze-Omni's turn-state head.
 
 It exercises the runtime mechanics around tool calls (background runs, results re-entering the
 conversation, tags never spoken) with replies a test controls exactly; tool calling itself with
@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
+from edgevoice.runtime.freeze_omni.head_policy import HeadTurnPolicy
 from edgevoice.runtime.llm import GeneratedToken, LlmSession
 
 Script = Callable[[list[dict[str, str]]], str]
@@ -58,3 +61,27 @@ class ScriptedLlm:
 def install(pipeline, script: Script) -> ScriptedLlm:
     pipeline.llm = ScriptedLlm(pipeline.llm, script)
     return pipeline.llm
+
+
+KEEP_LISTENING_PROBS = [0.8, 0.1, 0.1]  # the head's (listen, respond, dismiss) verdict "keep listening"
+
+
+class ScriptedHead(HeadTurnPolicy):
+    """The real Freeze-Omni turn policy, with the head's probabilities replaced: ``script[turn]`` is
+    the verdict list of that turn's listened chunks (keep listening after the list ends)."""
+
+    def __init__(self, script: dict[int, list[list[float]]]):
+        super().__init__()
+        self.script, self.turn, self.seen = script, 0, 0
+
+    def _open(self, onset):
+        self.turn, self.seen = self.turn + 1, 0
+        return super()._open(onset)
+
+    def head(self, probs):
+        if self.listening:
+            verdicts = self.script.get(self.turn, [])
+            chosen = verdicts[self.seen] if self.seen < len(verdicts) else KEEP_LISTENING_PROBS
+            probs = np.array(chosen, dtype=np.float32)
+            self.seen += 1
+        return super().head(probs)

@@ -64,16 +64,22 @@ def test_talk_answers_a_recording_with_streamed_speech(tiny_package, question, t
     assert np.abs(audio[int(taken * rate):]).max() > 0.0  # then the reply plays
 
 
-def test_speech_streams_before_the_reply_is_written(tiny_package, question):
-    """With one engine call per frame, the first PCM reaches the speaker while the LLM still writes."""
-    pipeline = VocalNetPipeline(tiny_package, max_new_tokens=40)
-    io = FileIO(question, recording_rate=16000, mic_rate=16000, speaker_rate=24000)
+def converse_inline(package, audio: np.ndarray, max_new_tokens: int) -> list:
+    """The session on the unpaced virtual clock, one engine call per frame, until the recording is
+    over and the agent idle; returns its events."""
+    pipeline = VocalNetPipeline(package, max_new_tokens=max_new_tokens)
+    io = FileIO(audio, recording_rate=16000, mic_rate=16000, speaker_rate=24000)
     session = VocalNetSession(pipeline, io, VnSessionOptions(threaded=False, inline_steps=1, echo_cancellation=False),
                               events=EventBus())
     io.start()
     while session.step() and not (io.recording_finished and session.idle):
         pass
-    history = session.events.history()
+    return session.events.history()
+
+
+def test_speech_streams_before_the_reply_is_written(tiny_package, question):
+    """With one engine call per frame, the first PCM reaches the speaker while the LLM still writes."""
+    history = converse_inline(tiny_package, question, max_new_tokens=40)
     order = kinds(history)
     assert order.index(ev.FIRST_AUDIO) < order.index(ev.REPLY_TEXT)  # audio played before the text was complete
     chunks = [e for e in history if e.kind == ev.AGENT_DONE]
@@ -82,17 +88,10 @@ def test_speech_streams_before_the_reply_is_written(tiny_package, question):
 
 def test_barge_in_cancels_every_stage(tiny_package, question):
     """A second utterance over the reply: paused, then cancelled; the first reply stops being made."""
-    pipeline = VocalNetPipeline(tiny_package, max_new_tokens=200)
     interruption = question[8000:8000 + 32000]
     turn_end = 8000 + 48000 + int(0.9 * 16000)  # the reply is being made by then
     audio = np.concatenate([question[:turn_end], interruption, np.zeros(16000 * 4, np.float32)])
-    io = FileIO(audio, recording_rate=16000, mic_rate=16000, speaker_rate=24000)
-    session = VocalNetSession(pipeline, io, VnSessionOptions(threaded=False, inline_steps=1, echo_cancellation=False),
-                              events=EventBus())
-    io.start()
-    while session.step() and not (io.recording_finished and session.idle):
-        pass
-    history = session.events.history()
+    history = converse_inline(tiny_package, audio, max_new_tokens=200)
     barge = [e.data["stage"] for e in history if e.kind == ev.BARGE_IN]
     assert barge[:2] == ["pause", "cancel"], barge
     cancel = next(e for e in history if e.kind == ev.CANCEL_DONE)

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scripted import ScriptedHead
 
 from edgevoice.audio.io import FileIO
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.agent import Agent
-from edgevoice.runtime.freeze_omni.head_policy import HeadTurnPolicy
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
 from edgevoice.runtime.freeze_omni.speak import SegmentRule, SpeechOptions
@@ -86,25 +86,6 @@ def test_replayed_chunk_by_chunk_equals_one_call(package):
 
 
 # --- barge-in context ----------------------------------------------------------------------------
-
-
-class ScriptedHead(HeadTurnPolicy):
-    """The real policy with the head's verdicts replaced: turn -> verdicts of its listened chunks."""
-
-    def __init__(self, script):
-        super().__init__()
-        self.script, self.turn, self.seen = script, 0, 0
-
-    def _open(self, onset):
-        self.turn, self.seen = self.turn + 1, 0
-        return super()._open(onset)
-
-    def head(self, probs):
-        if self.listening:
-            verdicts = self.script.get(self.turn, [])
-            probs = np.array(verdicts[self.seen] if self.seen < len(verdicts) else KEEP, np.float32)
-            self.seen += 1
-        return super().head(probs)
 
 
 def barge_in(package, keeps: str):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scripted import ScriptedHead
 
 from edgevoice.audio.io import FileIO
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.freeze_omni.head_policy import HeadTurnPolicy
 from edgevoice.runtime.freeze_omni.pipeline import FreezeOmniPipeline
 from edgevoice.runtime.freeze_omni.session import FoSessionOptions, FreezeOmniSession
 from edgevoice.runtime.freeze_omni.speak import SegmentRule, SpeechOptions
@@ -30,26 +30,6 @@ KEEP, RESPOND, DISMISS = [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]
 def package(tiny_package):
     """The `tiny` package where `edgevoice export --model tiny --target cpu` would put it (conftest)."""
     return tiny_package
-
-
-class ScriptedHead(HeadTurnPolicy):
-    """The real policy, with the head's probabilities replaced: ``script[turn]`` is the verdict list of
-    that turn's listened chunks (keep listening after the list ends)."""
-
-    def __init__(self, script: dict[int, list[list[float]]]):
-        super().__init__()
-        self.script, self.turn, self.seen = script, 0, 0
-
-    def _open(self, onset):
-        self.turn, self.seen = self.turn + 1, 0
-        return super()._open(onset)
-
-    def head(self, probs):
-        if self.listening:
-            verdicts = self.script.get(self.turn, [])
-            probs = np.array(verdicts[self.seen] if self.seen < len(verdicts) else KEEP, dtype=np.float32)
-            self.seen += 1
-        return super().head(probs)
 
 
 def noise(seconds: float, seed: int, level: float = 0.1) -> np.ndarray:
