@@ -33,8 +33,16 @@ class ScriptedLlm:
         self._committed: list[str] = []
         self.commits = self.rollbacks = 0
 
+    @property
+    def stop_ids(self):
+        return self.real.stop_ids
+
     def prepare(self, ids) -> None:
         self.prepared += 1
+
+    def next_token_probability(self, ids, token_ids) -> float:
+        """The real model's: the words' end-of-turn vote is about the user's words, not the script."""
+        return self.real.next_token_probability(ids, token_ids)
 
     def commit(self) -> None:
         self._committed = list(self.tokens)

@@ -17,6 +17,9 @@ USER_SPEECH_START = "user_speech_start"
 USER_SPEECH_END = "user_speech_end"
 PARTIAL_TRANSCRIPT = "partial_transcript"
 TRANSCRIPT = "transcript"
+# The words' end-of-turn vote (cascade): the speculative answer's transcript scored by the LLM
+# (``prob``; None when nothing was heard) for the silence after ``speech_end``.
+TEXT_END_OF_TURN = "text_end_of_turn"
 TURN_TAKEN = "turn_taken"
 FIRST_TOKEN = "first_token"
 REPLY_TEXT = "reply_text"
@@ -47,6 +50,9 @@ DISMISSED = "dismissed"
 SPEECH_PREFILL = "speech_prefill"
 FIRST_SPEECH_TOKEN = "first_speech_token"
 FIRST_SPEECH_CHUNK = "first_speech_chunk"  # the cascade emits it too: a reply's first synthesized audio
+# VocalNet: the vocoder's first audio of a reply, before the speaker; ``job_start`` (session clock) and
+# ``compute_s`` (engine seconds since then) place it on a live timeline (``_job_first_audio``).
+FIRST_PCM = "first_pcm"
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
     along the critical path of the reply that played first in the turn (cascade events):
 
         critical compute = ASR of the turn                      (transcript.compute_s)
+                         + the words' end-of-turn score         (text_end_of_turn.compute_s, if any)
                          + LLM until its first phrase was cut   (reply_text.first_phrase_compute_s)
                          + voice until that phrase's first audio (first_speech_chunk.compute_s)
 
@@ -188,7 +195,8 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
 
     A turn whose first audio is a tool's follow-up (the reply speaking a result) is estimated along
     the tool's path instead (``_live_follow_up_start``); without the cascade's tool events (a
-    ``tool_call`` with ``call_id``) it gets no estimate.
+    ``tool_call`` with ``call_id``) it gets no estimate. A reply made as one job of engine calls
+    (VocalNet's, marked by ``first_pcm``) is estimated along that job (``_job_first_audio``).
     """
     ends = {e.turn: e.time for e in events if e.kind == USER_SPEECH_END}
     first_audio: dict[int, float] = {}
@@ -196,10 +204,14 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
     for event in events:
         if event.kind == FIRST_AUDIO and event.turn in ends:
             first_audio.setdefault(event.turn, event.time)
-        elif event.kind in (TRANSCRIPT, REPLY_TEXT, FIRST_SPEECH_CHUNK) and "reply" in event.data:
+        elif event.kind in (TRANSCRIPT, TEXT_END_OF_TURN, REPLY_TEXT, FIRST_SPEECH_CHUNK) and "reply" in event.data:
             parts.setdefault(event.data["reply"], {})[event.kind] = event
     result: dict[int, float] = {}
     for turn, audio_at in first_audio.items():
+        job = _job_first_audio(events, turn, audio_at, ends[turn])
+        if job is not None:
+            result[turn] = job
+            continue
         chunks = [e for e in events if e.kind == FIRST_SPEECH_CHUNK and e.turn == turn and e.time <= audio_at
                   and "reply" in e.data]
         path = parts.get(chunks[-1].data["reply"], {}) if chunks else {}
@@ -212,11 +224,34 @@ def estimated_live_first_audio(events: list[Event]) -> dict[int, float]:
             continue
         if transcript is None or text is None or text.data.get("first_phrase_compute_s") is None:
             continue
-        compute = (transcript.data["compute_s"] + text.data["first_phrase_compute_s"]
-                   + path[FIRST_SPEECH_CHUNK].data["compute_s"])
+        words = path.get(TEXT_END_OF_TURN)
+        compute = (transcript.data["compute_s"] + (words.data["compute_s"] if words is not None else 0.0)
+                   + text.data["first_phrase_compute_s"] + path[FIRST_SPEECH_CHUNK].data["compute_s"])
         unhidden = max(0.0, transcript.time + compute - ends[turn])
         result[turn] = (audio_at - ends[turn]) + unhidden
     return result
+
+
+def _job_first_audio(events: list[Event], turn: int, audio_at: float, endpoint: float) -> float | None:
+    """Seconds from the endpoint to the first audio of a reply made by one job of engine calls.
+
+    Its ``first_pcm`` carries ``job_start`` (when the job began: at the decision, or earlier for a
+    speculation started in the endpoint silence) and ``compute_s`` (its engine seconds until then).
+    Live, the calls run back to back, so that PCM is ready at ``job_start + compute_s`` and plays
+    no sooner than the endpoint; what the virtual clock shows after it (the speaker feed) is kept:
+
+        estimate = max(0, job_start + compute_s - endpoint) + (first_audio - max(endpoint, first_pcm))
+
+    The virtual time between the job's steps (inline stepping stands in for engine speed) is left
+    out: the measured compute replaces it. None when the turn has no such event.
+    """
+    marks = [e for e in events if e.kind == FIRST_PCM and e.turn == turn and e.time <= audio_at
+             and "job_start" in e.data and "compute_s" in e.data]
+    if not marks:
+        return None
+    pcm = marks[-1]
+    ready = float(pcm.data["job_start"]) + float(pcm.data["compute_s"])
+    return max(0.0, ready - endpoint) + max(0.0, audio_at - max(endpoint, pcm.time))
 
 
 def _live_follow_up_start(events: list[Event], at: float, parts: dict[Any, dict[str, Event]]) -> float | None:

@@ -302,6 +302,14 @@ class LlmSession:
         del self.tokens[common:]  # the graph masks the stale rows past the position
         return self.feed(list(prompt_ids[common:]))
 
+    def next_token_probability(self, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> float:
+        """P(the token after ``prompt_ids`` is one of ``token_ids``); the cache keeps ``prompt_ids``,
+        so a reply that continues them re-uses the prefill."""
+        logits = self.prepare(prompt_ids).astype(np.float64)  # (vocab,)
+        logits -= logits.max()
+        weights = np.exp(logits)
+        return float(weights[list(token_ids)].sum() / weights.sum())
+
     # --- chat --------------------------------------------------------------------------------
 
     def prompt_ids(self, messages: Sequence[Message], max_new_tokens: int) -> list[int]:

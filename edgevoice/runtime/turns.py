@@ -78,9 +78,16 @@ class TurnOptions:
     eot_recheck_ms: float = 300.0  # more silence after an "incomplete" score before scoring again
     # A thinking pause rarely lasts past ~1 s in conversation; 2 s bounds what a wrong "incomplete" costs.
     eot_max_silence_ms: float = 2000.0  # the turn is taken after this much silence whatever the model says
+    # The words' own verdict (cascade, with think-while-listening): the LLM's probability that the
+    # user's transcript could end here (". ? !" or the end of the message next). Below it the words
+    # are unfinished ("I would like to know") and the turn is held whatever the audio model says.
+    # Chosen on a written list of finished and cut requests (tests/data/text_turn_calibration.json),
+    # not on the turn-taking sets: with SmolLM2-135M and the default system prompt, finished ones
+    # scored >= 0.04 and cut ones <= 0.004 but one ("The thing is", 0.023).
+    text_eot_threshold: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("threshold", "eot_threshold"):
+        for name in ("threshold", "eot_threshold", "text_eot_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
         if self.onset_frames < 1:
@@ -103,6 +110,7 @@ class TurnEnd:
     silence_ms: float  # silence after the last speech frame when the turn was taken
     eot_prob: float | None  # the end-of-turn model's last score of that silence; None: no model, or no score yet
     by: str  # "vad" (endpoint silence), "model" (score >= threshold) or "max_silence"
+    text_prob: float | None = None  # the transcript's end-of-turn probability; None: not scored (no text gate)
 
 
 @dataclass(frozen=True)
@@ -227,15 +235,25 @@ class SemanticTurnPolicy(VadTurnPolicy):
 
     Only the end of a long enough user turn changes: onsets, dismissals of short sounds (still at
     ``endpoint_silence_ms``), pauses, backchannels and barge-ins are the VAD policy's.
+
+    With ``text_gate`` the user's words vote too: the session hands in the transcript's end-of-turn
+    probability for each silence (``text_score``), and the turn is taken only when the audio model
+    says "complete" *and* the words could end there. The audio model hears a falling pitch; the
+    words know "I would like to know" is unfinished however it was said. Words that never come (no
+    transcript: ``None``) leave the decision to the audio; the turn is still taken at
+    ``eot_max_silence_ms`` whatever either says.
     """
 
-    def __init__(self, options: TurnOptions = TurnOptions()):
+    def __init__(self, options: TurnOptions = TurnOptions(), text_gate: bool = False):
         super().__init__(options)
+        self.text_gate = text_gate
         self.score_wanted: ScoreRequest | None = None  # set for one frame: score the turn now, then call score()
         self._silence_of: float | None = None  # the last speech frame whose silence the fields below follow
         self._next_check_ms = options.eot_first_check_ms  # silence at which to ask for the next score
         self._awaited: ScoreRequest | None = None  # asked and not answered: no second request meanwhile
         self._last_prob: float | None = None  # the latest score of this silence
+        self._audio_complete = False  # the audio model said "complete" for this silence; the words decide
+        self._text: tuple[float | None] | None = None  # (the words' probability,) once it came for this silence
 
     def update(self, time: float, prob: float, level: float) -> Decision:
         self.score_wanted = None
@@ -248,10 +266,40 @@ class SemanticTurnPolicy(VadTurnPolicy):
             return Decision.NONE  # the user spoke again, or the turn is already over: the score is stale
         self._awaited, self._last_prob = None, float(eot_prob)
         if eot_prob >= self.options.eot_threshold:
-            return self._end_turn(self._silence_ms(time), self._last_prob, "model")
+            self._audio_complete = True
+            return self._end_if_words_agree(time)
         # Incomplete: keep listening; more silence is more evidence, so ask again later.
         self._next_check_ms = request.silence_ms + self.options.eot_recheck_ms
         return Decision.NONE
+
+    def text_score(self, time: float, speech_end: float, text_prob: float | None) -> Decision:
+        """The transcript's end-of-turn probability for the silence after ``speech_end`` (None: no
+        words were heard): END_OF_TURN when the audio model already said "complete", else NONE."""
+        if not self.text_gate or self.state is not TurnState.USER_SPEAKING or speech_end != self.last_speech:
+            return Decision.NONE  # the user spoke again, or the turn is already over: stale
+        self._follow_silence(speech_end)
+        self._text = (None if text_prob is None else float(text_prob),)
+        return self._end_if_words_agree(time) if self._audio_complete else Decision.NONE
+
+    @property
+    def words_unfinished(self) -> bool:
+        """The words of the current silence were scored unfinished (a pause a listener may answer)."""
+        return self._text is not None and not self._words_finished()
+
+    def _end_if_words_agree(self, time: float) -> Decision:
+        if self.text_gate and (self._text is None or not self._words_finished()):
+            return Decision.NONE  # wait for the words, or hold: they are unfinished
+        return self._end_turn(self._silence_ms(time), self._last_prob, "model")
+
+    def _words_finished(self) -> bool:
+        (prob,) = self._text
+        return prob is None or prob >= self.options.text_eot_threshold
+
+    def _end_turn(self, silence_ms: float, eot_prob: float | None, by: str) -> Decision:
+        decision = super()._end_turn(silence_ms, eot_prob, by)
+        if self._text is not None:
+            self.turn_end = TurnEnd(silence_ms, eot_prob, by, text_prob=self._text[0])
+        return decision
 
     def _user_speaking(self, time: float, speech: bool) -> Decision:
         if speech or self.last_speech is None or self._turn_ms() < self.options.min_turn_ms:
@@ -260,7 +308,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         silence_ms = self._silence_ms(time)
         if silence_ms >= self.options.eot_max_silence_ms:
             return self._end_turn(silence_ms, self._last_prob, "max_silence")
-        if self._awaited is None and silence_ms >= self._next_check_ms:
+        # Once the audio said "complete", more audio scores add nothing: the words decide.
+        if self._awaited is None and not self._audio_complete and silence_ms >= self._next_check_ms:
             self.score_wanted = self._awaited = ScoreRequest(self.last_speech, silence_ms)
         return Decision.NONE
 
@@ -269,7 +318,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         if self._silence_of != speech_end:
             self._silence_of = speech_end
             self._next_check_ms = self.options.eot_first_check_ms
-            self._awaited = self._last_prob = None
+            self._awaited = self._last_prob = self._text = None
+            self._audio_complete = False
 
     def _turn_ms(self) -> float:
         return (self.last_speech - self.speech_start) * 1000

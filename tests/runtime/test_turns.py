@@ -204,3 +204,86 @@ def test_end_of_turn_options_are_validated():
                 {"eot_first_check_ms": -1}, {"eot_first_check_ms": 500, "eot_max_silence_ms": 400}):
         with pytest.raises(ValueError):
             TurnOptions(**bad)
+
+
+# --- the words' vote (text gate): the transcript's end-of-turn probability fed in by the caller ---
+
+def converse_with_words(policy: SemanticTurnPolicy, pattern: str, audio_prob: float, words, words_at_ms: float):
+    """Like ``converse`` (scores answered at once); each silence of ``words_at_ms`` or more gets the
+    words' probability ``words(speech_end)`` once, as the session's speculative answer would."""
+    decisions, told = [], set()
+    for i, c in enumerate(pattern):
+        t = (i + 1) * FRAME
+        d = policy.update(t, 0.95 if c == "s" else 0.02, 0.1 if c == "s" else 0.0)
+        if policy.score_wanted is not None:
+            verdict = policy.score(t, policy.score_wanted, audio_prob)
+            d = verdict if verdict is not Decision.NONE else d
+        end = policy.last_speech
+        if c == "." and end is not None and end not in told and (t - end) * 1000 >= words_at_ms:
+            told.add(end)
+            verdict = policy.text_score(t, end, words(end))
+            d = verdict if verdict is not Decision.NONE else d
+        if d is not Decision.NONE:
+            decisions.append((round(t, 3), d))
+    return decisions
+
+
+def test_unfinished_words_hold_a_turn_the_audio_calls_complete():
+    # "I would like to know ... what the weather is": the audio model says "complete" in the pause
+    # (as Smart Turn does on flat read speech), the words do not.
+    pattern = "s" * 30 + "." * 35 + "s" * 20 + "." * 40
+    second_part_ends = round(85 * FRAME, 3)
+    words = lambda end: 0.6 if end >= second_part_ends else 0.0001
+    audio_only = converse(SemanticTurnPolicy(), pattern, complete)[0]
+    assert audio_only[1][1] is Decision.END_OF_TURN and audio_only[1][0] < 65 * FRAME  # cut off in the pause
+    policy = SemanticTurnPolicy(text_gate=True)
+    decisions = converse_with_words(policy, pattern, 0.9, words, words_at_ms=160)
+    assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
+    assert decisions[-1][0] > second_part_ends and 200 <= policy.turn_end.silence_ms < 232
+    assert policy.turn_end.by == "model" and policy.turn_end.text_prob == 0.6
+
+
+def test_the_turn_waits_for_late_words_and_is_taken_when_they_agree():
+    policy = SemanticTurnPolicy(text_gate=True)
+    decisions = converse_with_words(policy, "s" * 30 + "." * 40, 0.9, lambda end: 0.3, words_at_ms=600)
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert decisions[-1][1] is Decision.END_OF_TURN and 600 <= silence_ms < 632  # when the words came, not at 200 ms
+    assert policy.turn_end.eot_prob == 0.9 and policy.turn_end.text_prob == 0.3
+
+
+def test_unfinished_words_hold_the_turn_until_max_silence():
+    options = TurnOptions()
+    policy = SemanticTurnPolicy(options, text_gate=True)
+    decisions = converse_with_words(policy, "s" * 30 + "." * 80, 0.9, lambda end: 0.0, words_at_ms=160)
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert options.eot_max_silence_ms <= silence_ms < options.eot_max_silence_ms + 32
+    assert policy.turn_end.by == "max_silence" and policy.turn_end.text_prob == 0.0
+    assert policy.words_unfinished
+
+
+def test_no_words_leave_the_decision_to_the_audio():
+    policy = SemanticTurnPolicy(text_gate=True)
+    decisions = converse_with_words(policy, "s" * 30 + "." * 40, 0.9, lambda end: None, words_at_ms=160)
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    assert decisions[-1][1] is Decision.END_OF_TURN and 200 <= silence_ms < 232
+    assert policy.turn_end.text_prob is None and not policy.words_unfinished
+
+
+def test_words_for_a_silence_the_user_broke_are_ignored():
+    policy = SemanticTurnPolicy(text_gate=True)
+    feed(policy, "s" * 30 + "." * 6)
+    stale_end = policy.last_speech
+    feed(policy, "s" * 5, t0=36 * FRAME)
+    assert policy.text_score(41 * FRAME, stale_end, 0.9) is Decision.NONE
+    assert policy.state is TurnState.USER_SPEAKING and not policy.words_unfinished
+
+
+def test_without_the_gate_words_change_nothing():
+    policy = SemanticTurnPolicy()
+    decisions = converse_with_words(policy, "s" * 30 + "." * 40, 0.9, lambda end: 0.0, words_at_ms=100)
+    assert decisions[-1][1] is Decision.END_OF_TURN and policy.turn_end.text_prob is None
+
+
+def test_the_words_threshold_is_validated():
+    with pytest.raises(ValueError, match="text_eot_threshold"):
+        TurnOptions(text_eot_threshold=0.0)

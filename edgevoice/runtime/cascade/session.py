@@ -80,6 +80,9 @@ class SessionOptions:
     # Before the first end-of-turn check (200 ms), so an answer is under way when the model says "done".
     speculate_after_ms: float = 160.0  # silence after speech that starts a speculative answer
     semantic_endpointing: bool = True  # end turns on the package's end-of-turn model when it has one
+    # With semantic endpointing and think-while-listening: the speculative answer's transcript votes
+    # too (``runtime/cascade/text_turn``), so unfinished words hold the turn the audio calls complete.
+    text_endpointing: bool = True
     threaded: bool = True  # think and speak on worker threads (False: inline, deterministic on a virtual clock)
     backchannels: BackchannelOptions | None = None  # a quiet "mhm" at pauses of a long user turn; None: never
 
@@ -106,7 +109,9 @@ class DuplexSession(ListenLoop):
         self.agent, self.options = agent, options
         self._vad = agent.vad.runner.stream()
         self._scorer = self._open_scorer(agent, io, options)
-        self.policy = SemanticTurnPolicy(options.turn) if self._scorer else VadTurnPolicy(options.turn)
+        words_vote = self._scorer is not None and options.think_while_listening and options.text_endpointing
+        self.policy = SemanticTurnPolicy(options.turn, text_gate=words_vote) if self._scorer else VadTurnPolicy(options.turn)
+        self._words: queue.SimpleQueue[tuple[float, float | None]] = queue.SimpleQueue()  # (speech_end, P) votes
         self._heard: list[np.ndarray] = []  # cleaned mic audio of the current user turn
         self._history: list[np.ndarray] = []  # the last ~USER_MARGIN_S of audio before an onset
         self._outcomes: queue.SimpleQueue[ToolOutcome] = queue.SimpleQueue()
@@ -114,7 +119,8 @@ class DuplexSession(ListenLoop):
         self._think = Worker("think", options.threaded, self._stage_failed)
         self._speak = Worker("speak", options.threaded, self._stage_failed)
         self._partials = Worker("partial", options.threaded, self._stage_failed)  # transcripts while the user speaks
-        self.thinker = CascadeThinker(agent, self._think, self._speak, self._emit_turn, io.speaker_rate, self.tools)
+        self.thinker = CascadeThinker(agent, self._think, self._speak, self._emit_turn, io.speaker_rate, self.tools,
+                                      on_words=self._vote if words_vote else None)
         self._speculation: Generation | None = None  # an answer prepared before the endpoint
         self._cancelled: list[tuple[Generation, int, int]] = []  # (reply, its turn, words kept) until its stages stop
         self._tool_results_waiting = 0
@@ -198,6 +204,8 @@ class DuplexSession(ListenLoop):
         self._incomplete = False
         if self._scorer is not None and decision is Decision.NONE and not deaf:
             decision = self._score_turn(now)
+        if decision is Decision.NONE and not deaf:
+            decision = self._hear_words(now)
         self._act_on(decision)
         if self.policy.state is TurnState.USER_SPEAKING:
             self._think_while_listening(now)
@@ -213,7 +221,8 @@ class DuplexSession(ListenLoop):
             self._emit(ev.USER_SPEECH_START, speech_start=self.policy.speech_start)
         elif decision is Decision.END_OF_TURN:
             end = self.policy.turn_end
-            judged = {"silence_ms": round(end.silence_ms, 1), "eot_prob": end.eot_prob, "endpoint": end.by}
+            judged = {"silence_ms": round(end.silence_ms, 1), "eot_prob": end.eot_prob, "text_eot_prob": end.text_prob,
+                      "endpoint": end.by}
             self._emit(ev.USER_SPEECH_END, speech_end=self.policy.last_speech, **judged)
             self._take_turn(judged)
         elif decision is Decision.DISMISS:
@@ -244,6 +253,25 @@ class DuplexSession(ListenLoop):
             elif prob < self.options.turn.eot_threshold and self.policy.state is TurnState.USER_SPEAKING \
                     and done.speech_end == self.policy.last_speech:
                 self._incomplete = True  # a fresh "not done yet": a pause a listener may answer with "mhm"
+        return decision
+
+    def _vote(self, speech_end: float, prob: float | None) -> None:
+        self._words.put((speech_end, prob))  # from the think worker; heard by the listen loop's next frame
+
+    def _hear_words(self, now: float) -> Decision:
+        """Feed the policy the words' votes the speculative answers made since the last frame."""
+        decision, heard = Decision.NONE, False
+        while True:
+            try:
+                speech_end, prob = self._words.get_nowait()
+            except queue.Empty:
+                break
+            heard = True
+            verdict = self.policy.text_score(now, speech_end, prob)
+            if verdict is not Decision.NONE:
+                decision = verdict
+        if heard and decision is Decision.NONE and self.policy.words_unfinished:
+            self._incomplete = True  # unfinished words: a pause a listener may answer with "mhm"
         return decision
 
     def _recent_audio(self, samples: int) -> np.ndarray:
@@ -284,8 +312,7 @@ class DuplexSession(ListenLoop):
             self._drop_speculation()
             spec = None
         if silence_ms >= self.options.speculate_after_ms and spec is None:
-            self._speculation = self._start_answer(speculative=True)
-            self._speculation.audio_key = last
+            self._speculation = self._start_answer(speculative=True, audio_key=last)
         elif silence_ms < self.options.speculate_after_ms and self._partials.idle and self._think.idle and \
                 now - self._last_partial_at >= self.options.partial_every_s:
             self._last_partial_at = now
@@ -303,8 +330,9 @@ class DuplexSession(ListenLoop):
         self._heard.clear()
         self._speaking = False
 
-    def _start_answer(self, speculative: bool) -> Generation:
+    def _start_answer(self, speculative: bool, audio_key: float = 0.0) -> Generation:
         gen = Generation(speculative=speculative)
+        gen.audio_key = audio_key  # before the job starts: an inline job reads it at once
         audio = np.concatenate(self._heard) if self._heard else np.zeros(0, np.float32)
         turn = self.turn
         self._think.submit(lambda: self.thinker.answer(gen, audio, self.io.mic_rate, turn))

@@ -25,6 +25,7 @@ import numpy as np
 from edgevoice.audio.resample import StreamingResampler
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.pipeline import CascadePipeline, phrase_cut, prompt_messages
+from edgevoice.runtime.cascade.text_turn import end_token_ids, without_trailing_punctuation
 from edgevoice.runtime.early_tools import EarlyToolCalls
 from edgevoice.runtime.knowledge import Recall
 from edgevoice.runtime.reply import Generation
@@ -32,6 +33,7 @@ from edgevoice.runtime.tools import ToolCall, ToolOutcome, ToolRunner, split_too
 from edgevoice.runtime.workers import Worker
 
 Emit = Callable[..., None]
+WordsVerdict = Callable[[float, "float | None"], None]  # (speech_end, P(the words end the turn) or None)
 _MARK = "\u2063"  # an invisible separator: where the partial user text ends in a rendered prompt
 
 
@@ -49,9 +51,11 @@ class CascadeThinker:
     """Think/speak jobs over one ``CascadePipeline``; the session decides when they run."""
 
     def __init__(self, agent: CascadePipeline, think: Worker, speak: Worker, emit: Emit,
-                 speaker_rate: int, tools: ToolRunner | None = None):
+                 speaker_rate: int, tools: ToolRunner | None = None, on_words: WordsVerdict | None = None):
         self.agent, self.think, self.speak, self._emit = agent, think, speak, emit
         self.speaker_rate, self.tools = speaker_rate, tools
+        self.on_words = on_words  # set: each speculative answer scores its transcript's end of turn
+        self._end_ids: list[int] | None = None  # the tokens that end the user's words (text_turn)
         self._history_lock = threading.Lock()  # history is written by think jobs and by barge-in
         self._last_partial: tuple[int, list[str]] = (0, [])  # (turn, words) of the latest partial transcript
         self._recall: tuple[int, Recall | None] = (0, None)  # (turn, passages) the knowledge memory found for it
@@ -96,10 +100,15 @@ class CascadeThinker:
         self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative, reply=gen.id,
                    compute_s=time.perf_counter() - started)
         if not transcript or gen.cancelled.is_set():
+            if gen.speculative and self.on_words is not None:
+                self.on_words(gen.audio_key, None)  # no words: the audio model decides alone
             self._finish(gen)
             return
         user = {"role": "user", "content": transcript}
-        self._generate(gen, self._context(user, recall=self._recall_for_answer(transcript, turn)), [user], turn)
+        recall = self._recall_for_answer(transcript, turn)
+        if gen.speculative and self.on_words is not None:
+            self._score_words(gen, transcript, recall, turn)
+        self._generate(gen, self._context(user, recall=recall), [user], turn)
 
     def follow_up(self, gen: Generation, turn: int) -> None:
         """Speak about tool results that arrived since the last reply (think job)."""
@@ -182,6 +191,24 @@ class CascadeThinker:
                    first_phrase_compute_s=first_phrase_s)
         self._remember(gen, new, raw.strip())
         self._finish(gen, resampler)
+
+    def _score_words(self, gen: Generation, transcript: str, recall: Recall | None, turn: int) -> None:
+        """The words' end-of-turn vote for the silence ``gen`` answers (``text_turn``); the prefill it
+        makes is the start of the reply's own."""
+        started = time.perf_counter()
+        prob = self.words_end_probability(transcript, recall)
+        self._emit(ev.TEXT_END_OF_TURN, turn=turn, reply=gen.id, prob=prob, speech_end=gen.audio_key,
+                   compute_s=time.perf_counter() - started)
+        self.on_words(gen.audio_key, prob)
+
+    def words_end_probability(self, transcript: str, recall: Recall | None = None) -> float | None:
+        """P(the user's words could end where ``transcript`` does), read from the LLM at the end of
+        the user message the answer would continue; None for no words."""
+        llm = self.agent.llm
+        if self._end_ids is None:
+            self._end_ids = end_token_ids(llm.tokenizer.encode, llm.stop_ids)
+        words = without_trailing_punctuation(transcript)
+        return llm.next_token_probability(self._prefix_ids(words, recall), self._end_ids) if words else None
 
     def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int) -> bool:
         """Hand ``phrase`` to the voice; False if there was nothing to say."""

@@ -52,14 +52,16 @@ class ScriptedTurnModel:
         return 0.9 if self.heard[-1] >= self.complete_after_s else 0.1
 
 
-def converse(package, parts: list[np.ndarray], turn_model, extra_s: float = 4.0, paced: bool = False) -> DuplexSession:
-    """Inline on the unpaced virtual clock (deterministic), or ``paced``: real time, stages on threads."""
+def converse(package, parts: list[np.ndarray], turn_model, extra_s: float = 4.0, paced: bool = False,
+             words: bool = True) -> DuplexSession:
+    """Inline on the unpaced virtual clock (deterministic), or ``paced``: real time, stages on threads.
+    ``words``: the transcript's end-of-turn vote (scored by the package's real LLM) is on."""
     pipeline = CascadePipeline(package)
     install(pipeline, lambda messages: "Sunny and mild.")
     pipeline.turn_model = turn_model
     recording = np.concatenate(parts)
     io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=22050, pace=1.0 if paced else None)
-    session = DuplexSession(pipeline, io, SessionOptions(threaded=paced))
+    session = DuplexSession(pipeline, io, SessionOptions(threaded=paced, text_endpointing=words))
     with io:
         session.run(len(recording) / RATE + extra_s)
     session.close()
@@ -89,12 +91,38 @@ def test_a_thinking_pause_is_not_cut_off(cascade_package):
     assert end.time > part2_starts + len(part2) / RATE
     assert end.data["endpoint"] == "model" and end.data["eot_prob"] == 0.9 and 200 <= end.data["silence_ms"] < 232
     [taken] = session.events.history(ev.TURN_TAKEN)
-    assert taken.data == {"silence_ms": end.data["silence_ms"], "eot_prob": 0.9, "endpoint": "model"}
+    assert taken.data == {"silence_ms": end.data["silence_ms"], "eot_prob": 0.9, "endpoint": "model",
+                          "text_eot_prob": end.data["text_eot_prob"]}
+    assert end.data["text_eot_prob"] >= TurnOptions().text_eot_threshold  # the whole question: the words agree
     in_the_pause = [h for h in model.heard if h < model.complete_after_s]
     assert len(in_the_pause) >= 2  # scored at the first check and again as the pause went on
     [question] = user_turns(session)
     assert "know" in question and "weather" in question  # one turn, the whole question
     assert not session.events.history(ev.WARNING)
+
+
+@pytest.mark.slow
+def test_unfinished_words_hold_a_pause_the_audio_model_calls_complete(cascade_package):
+    """Smart Turn calls espeak's flat "I would like to know" complete; the words do not end there."""
+    part1, part2 = trimmed(espeak("I would like to know")), trimmed(espeak("what the weather is like tomorrow"))
+    parts = [silence(0.5), part1, silence(1.0), part2, silence(1.5)]
+    part2_starts = (len(silence(0.5)) + len(part1) + len(silence(1.0))) / RATE
+
+    audio_only = converse(cascade_package, parts, ScriptedTurnModel(0.0), words=False)
+    first_end = audio_only.events.history(ev.USER_SPEECH_END)[0]
+    assert first_end.time < part2_starts and first_end.data["text_eot_prob"] is None  # cut off in the pause
+
+    session = converse(cascade_package, parts, ScriptedTurnModel(0.0))
+    votes = session.events.history(ev.TEXT_END_OF_TURN)
+    assert len(votes) == 2 and votes[0].time < part2_starts  # one per silence, from its speculative answer
+    assert votes[0].data["prob"] < TurnOptions().text_eot_threshold <= votes[1].data["prob"]
+    [end] = session.events.history(ev.USER_SPEECH_END)
+    assert end.time > part2_starts and end.data["endpoint"] == "model" and 200 <= end.data["silence_ms"] < 232
+    assert end.data["text_eot_prob"] == votes[1].data["prob"]
+    [question] = user_turns(session)
+    assert "know" in question and "weather" in question  # one turn, the whole question
+    [transcript, _] = [t for t in session.events.history(ev.TRANSCRIPT)]
+    assert transcript.data["speculative"] and "weather" not in transcript.data["text"].lower()  # what was scored
 
 
 @pytest.mark.slow
@@ -114,8 +142,10 @@ def test_a_complete_turn_is_answered_at_the_first_check(cascade_package):
 @pytest.mark.slow
 def test_on_threads_the_score_comes_from_the_worker_a_frame_or_two_later(cascade_package):
     question = espeak("What is the capital of France?")
+    # The audio model's timing alone: with the words' vote the turn also waits for Whisper, whose
+    # time on a busy machine is not this test's subject.
     session = converse(cascade_package, [silence(0.3), question, silence(1.2)], ScriptedTurnModel(0.0),
-                       extra_s=2.0, paced=True)
+                       extra_s=2.0, paced=True, words=False)
     [end] = session.events.history(ev.USER_SPEECH_END)
     assert end.data["endpoint"] == "model" and end.data["eot_prob"] == 0.9
     assert 200 <= end.data["silence_ms"] < 200 + 4 * 32  # asked at the first check, answered off the listen loop

@@ -1,0 +1,54 @@
+"""The words' end-of-turn vote with the package's real LLM, on the written calibration list that
+chose ``TurnOptions.text_eot_threshold`` (tests/data/text_turn_calibration.json; none of its
+requests is in the turn-taking benchmark or the eval scripts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgevoice.runtime.cascade.pipeline import CascadePipeline
+from edgevoice.runtime.cascade.text_turn import end_token_ids, without_trailing_punctuation
+from edgevoice.runtime.cascade.thinking import CascadeThinker
+from edgevoice.runtime.turns import TurnOptions
+from edgevoice.runtime.workers import Worker
+
+CALIBRATION = json.loads((Path(__file__).parents[2] / "data" / "text_turn_calibration.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def thinker(cascade_package):
+    inline = Worker("think", False, lambda stage, exc: None)
+    return CascadeThinker(CascadePipeline(cascade_package), inline, inline, lambda *a, **k: None, 22050)
+
+
+def test_trailing_punctuation_is_not_the_words():
+    assert without_trailing_punctuation("I would like to know...") == "I would like to know"
+    assert without_trailing_punctuation("Is it open? ") == "Is it open"
+    assert without_trailing_punctuation("Wait, no -") == "Wait, no"
+    assert without_trailing_punctuation(" ... ") == ""
+
+
+def test_the_end_tokens_are_single_token_marks_and_the_stop_ids():
+    table = {".": [5], "?": [6], "!": [7, 8]}  # "!" split in two: not readable from one step
+    assert end_token_ids(lambda text: table[text], [1, 2]) == [1, 2, 5, 6]
+
+
+@pytest.mark.slow
+def test_the_threshold_separates_finished_from_cut_requests(thinker):
+    threshold = TurnOptions().text_eot_threshold
+    finished = {text: thinker.words_end_probability(text) for text in CALIBRATION["finished"]}
+    cut = {text: thinker.words_end_probability(text) for text in CALIBRATION["cut"]}
+    held = [text for text, prob in finished.items() if prob < threshold]
+    let_through = [text for text, prob in cut.items() if prob >= threshold]
+    assert not held, held  # a finished request held costs the user up to eot_max_silence_ms
+    assert len(let_through) <= 1, let_through  # one in 30 cut requests scores like a finished one
+    assert min(finished.values()) > 3 * threshold  # a margin, not a knife edge
+
+
+@pytest.mark.slow
+def test_the_vote_does_not_read_whispers_punctuation(thinker):
+    assert thinker.words_end_probability("Open the garage door.") == thinker.words_end_probability("Open the garage door")
+    assert thinker.words_end_probability("") is None
