@@ -19,6 +19,9 @@ from the cascade's architectures with seeded random weights exported to ONNX on 
 
     python benchmarks/gpu_suite.py --package engines/cpu                      # on the GPU machine
     python benchmarks/gpu_suite.py --package engines/cpu --device cpu --quick # CPU smoke test
+
+On CUDA it also runs ``benchmarks/vocalnet_gpu_bench.py`` at VocalNet-1B's published shapes in a
+child process (``--vocalnet 1b|tiny|off``; off by default on the CPU) and keeps its timeline.
 """
 
 from __future__ import annotations
@@ -151,6 +154,22 @@ def random_source(workdir: Path, names: list[str] | None, quick: bool):
     return manifest, {n: (lambda n=n: built[n][0]) for n in chosen}
 
 
+def vocalnet_bench(args, out_dir: Path) -> dict:
+    """benchmarks/vocalnet_gpu_bench.py in a child process (its GPU memory freed on exit); its timeline and rates."""
+    import subprocess
+
+    out = out_dir / "vocalnet_gpu_bench.json"
+    command = [sys.executable, str(REPO / "benchmarks" / "vocalnet_gpu_bench.py"), "--device", args.device,
+               "--shapes", args.vocalnet, "--out", str(out)] + (["--steps", "2"] if args.quick else [])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=480, cwd=REPO, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr[-1500:]}")
+    report = json.loads(out.read_text())
+    first_pcm = {m: report["timeline"].get(m, {}).get("cumulative_ms", {}).get("first_pcm") for m in ("eager", "graphs")}
+    return {"json": str(out), "shapes": args.vocalnet, "timeline": report["timeline"], "rates": report.get("rates"),
+            "first_pcm_ms": first_pcm, "paper_first_pcm_ms": report["paper"]["first_pcm_ms"]}
+
+
 def environment(device: str) -> dict:
     import torch
 
@@ -172,6 +191,8 @@ def run(args) -> dict:
                     "command": " ".join([Path(sys.executable).name, *sys.argv]), "args": vars(args), "components": {}}
     section(report, "environment", lambda: environment(args.device))
     workdir = Path(tempfile.mkdtemp(prefix="gpu-suite-"))
+    if getattr(args, "vocalnet", "off") != "off":
+        section(report, "vocalnet", lambda: vocalnet_bench(args, args.out.parent))
     source = section(report, "source", lambda: (
         package_source(args.package, args.component) if args.source == "package"
         else random_source(workdir, args.component, args.quick)))
@@ -208,6 +229,10 @@ def summary(report: dict) -> str:
         ratio = plan.get(name, {}).get("measured_over_predicted")
         lines.append(f"  {name}: parity {ok}; {timing}; measured/predicted {ratio:.1f}" if ratio else
                      f"  {name}: parity {ok}; {timing}")
+    vocalnet = report.get("vocalnet", {})
+    if "first_pcm_ms" in vocalnet:
+        lines.append(f"  vocalnet {vocalnet['shapes']}: end of turn -> first PCM {vocalnet['first_pcm_ms']} ms "
+                     f"(paper: {vocalnet['paper_first_pcm_ms']} ms on an L20)")
     errors = [k for k, v in report.items() if isinstance(v, dict) and "error" in v]
     if errors:
         lines.append(f"  sections with errors: {', '.join(errors)}")
@@ -236,8 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--parity-steps", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="few steps (a smoke test)")
+    parser.add_argument("--vocalnet", choices=("1b", "tiny", "off"), default=None,
+                        help="run benchmarks/vocalnet_gpu_bench.py at these shapes (default: 1b on cuda, off on cpu)")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", ".")) / "gpu_suite.json")
     args = parser.parse_args(argv)
+    args.vocalnet = args.vocalnet or ("1b" if args.device == "cuda" else "off")
     if args.quick:
         args.steps, args.warmup, args.parity_steps = 3, 2, 2
     report = run(args)
