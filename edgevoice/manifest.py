@@ -127,6 +127,14 @@ class Manifest:
     def path(self, relative: str) -> Path:
         return self.directory / relative
 
+    @property
+    def sessions_held(self) -> int | None:
+        """Conversations the target's memory holds at once with the built engines (``edgevoice build``
+        records it per engine); None before a build, or for engines built before it was recorded."""
+        held = [c.engine.build_flags.get("sessions_held") for c in self.components.values() if c.engine]
+        counted = [h for h in held if isinstance(h, int)]
+        return min(counted) if counted else None
+
     def require_components(self, names: Iterable[str]) -> None:
         for name in names:
             self.component(name)

@@ -12,6 +12,8 @@ the published Freeze-Omni shapes are checked in a second):
 - state: one session's state tensors (caches, windows, counters) twice, as the runners keep
   ping-pong input and output buffers; graphs that declare one shared state set
   (``shared_state_with``) count it once;
+- I/O: one session's step inputs and outputs besides the state, with every named dim at its
+  maximum (a prompt chunk's logits, an encoder window): the buffers each session's runner keeps;
 - workspace: the target's TensorRT workspace pool, once, as an estimate of activation memory.
   Each TensorRT execution context allocates its own activations (the engine's
   ``device_memory_size``) and the runners share none, so with several engines the real figure
@@ -24,23 +26,35 @@ the published Freeze-Omni shapes are checked in a second):
 Not counted: activations inside one step beyond the workspace pool (one audio chunk or one token
 per step: small next to the weights) and data files the host memory-maps (the token table: only
 the rows read are resident).
+
+Sessions at once (``BatchRange``): what is left after the weights, the workspace and the runtime,
+divided by one session's state and I/O, is how many conversations the target holds; the engines'
+batch range is that, capped by the target profile's ``build.max_batch`` (the most rows one call
+may carry, whatever the memory). ``package_batch_range`` counts the same from a package's files and
+manifest (no torch modules), for the TensorRT build profiles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
-from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from edgevoice.errors import EdgevoiceError
+from edgevoice.manifest import Component, DimRange
 from edgevoice.plan import RUNTIME_OVERHEAD, RuntimeOverhead
 from edgevoice.recipes.base import RecipeComponent
+from edgevoice.runtime.batching import batch_support
 from edgevoice.targets import TargetProfile, list_targets, load_target
 
 EXPORTABLE = ("fp16", "fp32")  # precisions export writes, smallest first
@@ -56,6 +70,7 @@ class ComponentMemory:
     weight_bytes: int  # its own copy of the weights at the package precision
     state_bytes: int  # one session's state, both ping-pong buffers; 0 when shared with an earlier graph
     state_shared_with: str | None = None  # the graph whose state set this one uses (counted there)
+    io_bytes: int = 0  # the sessions' step inputs and outputs besides the state, named dims at their max
 
 
 @dataclass(frozen=True)
@@ -71,6 +86,8 @@ class MemoryBudget:
     pool_bytes: int  # the target's memory (on a Jetson: the whole pool shared with the CPU)
     reserved_bytes: int  # what the OS keeps of a shared Jetson pool
     shared_with_cpu: bool
+    max_batch_cap: int = 1  # the target profile's build.max_batch: the most rows one engine call may carry
+    opt_batch: int = 1  # the target profile's build.opt_batch: the rows TensorRT tunes its kernels for
 
     @property
     def weight_bytes(self) -> int:
@@ -81,8 +98,19 @@ class MemoryBudget:
         return sum(c.state_bytes for c in self.components)
 
     @property
+    def io_bytes(self) -> int:
+        return sum(c.io_bytes for c in self.components)
+
+    @property
     def needed_bytes(self) -> int:
-        return self.weight_bytes + self.state_bytes + self.workspace_bytes + self.runtime_bytes
+        return self.weight_bytes + self.state_bytes + self.io_bytes + self.workspace_bytes + self.runtime_bytes
+
+    def batch_range(self) -> BatchRange:
+        """How many sessions the target holds at once with these graphs, and the engines' batch range."""
+        shared = self.weight_bytes + self.workspace_bytes + self.runtime_bytes
+        per_session = -(-(self.state_bytes + self.io_bytes) // self.sessions)  # state and I/O grow with the batch
+        return batch_range_of(self.target, self.available_bytes - shared, per_session, self.max_batch_cap,
+                              self.opt_batch)
 
     @property
     def available_bytes(self) -> int:
@@ -98,12 +126,75 @@ class MemoryBudget:
         if self.reserved_bytes:
             pool += f", {format_bytes(self.reserved_bytes)} kept for the OS"
         return (f"needs {format_bytes(self.needed_bytes)} (weights {format_bytes(self.weight_bytes)}, state {format_bytes(self.state_bytes)}, "
-                f"workspace {format_bytes(self.workspace_bytes)}, runtime {format_bytes(self.runtime_bytes)}) of {format_bytes(self.available_bytes)} "
+                f"I/O {format_bytes(self.io_bytes)}, workspace {format_bytes(self.workspace_bytes)}, runtime {format_bytes(self.runtime_bytes)}) of {format_bytes(self.available_bytes)} "
                 f"on {self.target} ({pool}) at {self.precision}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "components": [asdict(c) for c in self.components], "needed_bytes": self.needed_bytes,
-                "available_bytes": self.available_bytes, "fits": self.fits}
+                "available_bytes": self.available_bytes, "fits": self.fits, "batch_range": self.batch_range().to_dict()}
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    """The sessions a target's memory holds at once, and the batch range its engines are built for."""
+
+    target: str
+    sessions_held: int  # conversations whose state and I/O fit beside the weights (0: not even one)
+    per_session_bytes: int  # one session's state (both ping-pong buffers) and step I/O
+    free_bytes: int  # the target's memory less weights, workspace, runtime and the OS share
+    max_batch_cap: int  # the target profile's build.max_batch: the most rows one call may carry
+    opt_batch_wanted: int  # the target profile's build.opt_batch
+
+    @property
+    def max_batch(self) -> int:
+        # At least 1: a package that holds no session at all was refused by the export's budget check.
+        return max(1, min(self.sessions_held, self.max_batch_cap))
+
+    @property
+    def opt_batch(self) -> int:
+        return max(1, min(self.opt_batch_wanted, self.max_batch))
+
+    @property
+    def limited_by(self) -> str:
+        return "memory" if self.sessions_held < self.max_batch_cap else "the profile's max_batch"
+
+    def summary(self) -> str:
+        """One line for the export's and the build's summaries."""
+        held = "not even one session" if self.sessions_held < 1 else f"{self.sessions_held} sessions at once"
+        return (f"{self.target} holds {held} ({format_bytes(self.per_session_bytes)} each in "
+                f"{format_bytes(max(self.free_bytes, 0))} free); engines take batch 1..{self.max_batch} "
+                f"(opt {self.opt_batch}, set by {self.limited_by})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "min": 1, "opt": self.opt_batch, "max": self.max_batch, "limited_by": self.limited_by}
+
+
+def batch_range_of(target: str, free_bytes: int, per_session_bytes: int, max_batch_cap: int,
+                   opt_batch: int = 1) -> BatchRange:
+    """The batch range when ``free_bytes`` are left for sessions of ``per_session_bytes`` each."""
+    held = max(0, free_bytes) // max(1, per_session_bytes)
+    return BatchRange(target, int(held), int(per_session_bytes), int(free_bytes), max_batch_cap, opt_batch)
+
+
+@dataclass(frozen=True)
+class TargetMemory:
+    """A target's memory as the budget counts it: the pool, the OS share, the runtime and the workspace."""
+
+    pool_bytes: int
+    reserved_bytes: int  # what the OS keeps of a shared Jetson pool
+    runtime_bytes: int  # the runtime's own use (stated in edgevoice.plan.RUNTIME_OVERHEAD, not measured)
+    workspace_bytes: int  # the TensorRT workspace pool (0 on the CPU)
+    shared_with_cpu: bool
+
+
+def target_memory(target: TargetProfile, overhead: RuntimeOverhead = RUNTIME_OVERHEAD) -> TargetMemory:
+    shared = target.memory_shared_with_cpu
+    runtime = overhead.gpu_context_bytes if target.is_gpu else 0.0
+    if shared:  # one pool: the runtime process lives in the same memory as the engines
+        runtime += overhead.host_bytes
+    reserved = overhead.os_share_bytes if shared and target.kind == "jetson" else 0.0
+    return TargetMemory(pool_bytes=int(target.memory_gb * GB), reserved_bytes=int(reserved), runtime_bytes=int(runtime),
+                        workspace_bytes=target.build.workspace_mb * 2**20, shared_with_cpu=shared)
 
 
 def measure(components: Sequence[RecipeComponent], precision: str, sessions: int = 1) -> tuple[ComponentMemory, ...]:
@@ -118,7 +209,8 @@ def measure(components: Sequence[RecipeComponent], precision: str, sessions: int
         owner = next((name for name in group if name in counted_state), None)
         state = 0 if owner else 2 * _state_bytes(module, sessions)
         counted_state.add(component.name)
-        measured.append(ComponentMemory(component.name, _weight_bytes(module, sessions), state, owner))
+        measured.append(ComponentMemory(component.name, _weight_bytes(module, sessions), state, owner,
+                                        _io_bytes(module, sessions)))
     return tuple(measured)
 
 
@@ -154,21 +246,48 @@ class _Reads(TorchFunctionMode):
 
 def _read_by_step(module, watched: dict[int, torch.Tensor], sessions: int) -> dict[int, torch.Tensor] | None:
     """The tensors one step of the (meta) ``module`` reads; None when the step cannot run on meta."""
-    sizes = {"batch": sessions, **{name: opt for name, (_, opt, _) in module.dim_ranges().items()}}
-    inputs = [torch.zeros([sizes[d] if isinstance(d, str) else d for d in spec.shape], dtype=spec.dtype, device="meta")
-              for spec in module.input_specs()]
+    recorder = _Reads(watched)
+    outputs = _meta_step(module, sessions, "opt", recorder)
+    return None if outputs is None else recorder.read
+
+
+def _meta_step(module, sessions: int, dims: str, mode: TorchFunctionMode | None = None) -> tuple | None:
+    """One step on meta tensors with the named dims at their "opt" or "max"; None when it cannot run."""
+    which = {"opt": 1, "max": 2}[dims]
+    sizes = {"batch": sessions, **{name: r[which] for name, r in module.dim_ranges().items()}}
+    inputs = [torch.zeros(_sized(spec.shape, sizes), dtype=spec.dtype, device="meta") for spec in module.input_specs()]
     states = []
     for spec in module.state_specs():
         shape = list(spec.shape)
         shape[spec.batch_dim] = sessions
         states.append(torch.zeros(shape, dtype=spec.dtype, device="meta"))
-    recorder = _Reads(watched)
     try:
-        with torch.no_grad(), recorder:
-            module.step(*inputs, *states)
+        with torch.no_grad(), (mode or contextlib.nullcontext()):
+            return tuple(module.step(*inputs, *states))
     except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):
-        return None  # data-dependent code (an .item() on a state, say): count every tensor instead
-    return recorder.read
+        return None  # data-dependent code (an .item() on a state, say): the caller counts without it
+
+
+def _sized(shape: Sequence[int | str], sizes: Mapping[str, int]) -> list[int]:
+    return [sizes[d] if isinstance(d, str) else d for d in shape]
+
+
+def _io_bytes(module, sessions: int) -> int:
+    """The step's inputs and outputs besides the state at the named dims' max: a session's I/O buffers.
+
+    Outputs come from one step on meta tensors; a step that cannot run there counts its inputs only.
+    """
+    sizes = {"batch": sessions, **{name: high for name, (_, _, high) in module.dim_ranges().items()}}
+    total = sum(torch.Size(_sized(spec.shape, sizes)).numel() * _itemsize(spec.dtype) for spec in module.input_specs())
+    outputs = _meta_step(module, sessions, "max")
+    if outputs is not None:
+        plain = outputs[: len(outputs) - len(module.state_specs())]  # step returns (*outputs, *new_state)
+        total += sum(t.numel() * t.element_size() for t in plain if isinstance(t, torch.Tensor))
+    return int(total)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _state_bytes(module, sessions: int) -> int:
@@ -176,22 +295,19 @@ def _state_bytes(module, sessions: int) -> int:
     for spec in module.state_specs():
         shape = list(spec.shape)
         shape[spec.batch_dim] = sessions
-        total += torch.Size(shape).numel() * torch.empty((), dtype=spec.dtype).element_size()
+        total += torch.Size(shape).numel() * _itemsize(spec.dtype)
     return total
 
 
 def budget_for(memories: Sequence[ComponentMemory], target: TargetProfile, precision: str, sessions: int = 1,
                overhead: RuntimeOverhead = RUNTIME_OVERHEAD) -> MemoryBudget:
     """Measured components against ``target`` (the same rules as ``edgevoice plan``)."""
-    shared = target.memory_shared_with_cpu
-    runtime = overhead.gpu_context_bytes if target.is_gpu else 0.0
-    if shared:  # one pool: the runtime process lives in the same memory as the engines
-        runtime += overhead.host_bytes
-    reserved = overhead.os_share_bytes if shared and target.kind == "jetson" else 0.0
+    memory = target_memory(target, overhead)
     return MemoryBudget(
         target=target.name, precision=precision, sessions=sessions, components=tuple(memories),
-        workspace_bytes=target.build.workspace_mb * 2**20, runtime_bytes=int(runtime),
-        pool_bytes=int(target.memory_gb * GB), reserved_bytes=int(reserved), shared_with_cpu=shared,
+        workspace_bytes=memory.workspace_bytes, runtime_bytes=memory.runtime_bytes, pool_bytes=memory.pool_bytes,
+        reserved_bytes=memory.reserved_bytes, shared_with_cpu=memory.shared_with_cpu,
+        max_batch_cap=target.build.max_batch, opt_batch=target.build.opt_batch,
     )
 
 
@@ -242,7 +358,84 @@ def budget_lines(budget: dict[str, Any]) -> list[tuple[str, str, str]]:
             for c in budget["components"]]
     rows.append(("workspace (TensorRT pool)", format_bytes(budget["workspace_bytes"]), ""))
     rows.append(("runtime (stated, not measured)", format_bytes(budget["runtime_bytes"]), ""))
+    held = budget.get("batch_range")  # absent in packages exported before the batch range was counted
+    if held is not None:
+        rows.append((f"holds {held['sessions_held']} sessions at once",
+                     f"batch 1..{held['max']} (opt {held['opt']}, set by {held['limited_by']})",
+                     f"{format_bytes(held['per_session_bytes'])} per session"))
     return rows
+
+
+# --- the batch range of an exported package, from its files (TensorRT build profiles) ------------
+
+
+def package_batch_range(directory: str | Path, components: Mapping[str, Component], target: TargetProfile,
+                        overhead: RuntimeOverhead = RUNTIME_OVERHEAD) -> BatchRange:
+    """The sessions ``target`` holds with a package's graphs, counted from what the package holds.
+
+    The same sums as ``MemoryBudget.batch_range`` without the torch modules (imported graphs such as
+    the cascade's voice have none): weights are the ONNX files' bytes (with external data), a
+    session's state and I/O come from the manifest's tensor specs at batch 1 with every named dim at
+    its max; graphs that declare one shared state set count it once.
+    """
+    folder = Path(directory)
+    weights = sum(_file_bytes(folder / c.onnx) + _file_bytes(folder / f"{c.onnx}.data") for c in components.values())
+    per_session, counted = 0, set()
+    for component in components.values():
+        group = component.stream.get("shared_state_with") or [component.name]
+        dims = {name: r.max for name, r in component.dynamic_dims.items()} | {"batch": 1}
+        state = set(component.state_inputs)
+        if not any(name in counted for name in group):
+            per_session += 2 * sum(_spec_bytes(s.shape, s.dtype, dims) for s in component.inputs if s.name in state)
+        counted.add(component.name)
+        per_session += sum(_spec_bytes(s.shape, s.dtype, dims) for s in component.inputs if s.name not in state)
+        per_session += sum(_spec_bytes(s.shape, s.dtype, dims) for s in component.outputs if s.name not in component.state)
+    memory = target_memory(target, overhead)
+    free = memory.pool_bytes - memory.reserved_bytes - weights - memory.workspace_bytes - memory.runtime_bytes
+    return batch_range_of(target.name, free, per_session, target.build.max_batch, target.build.opt_batch)
+
+
+def with_batch_range(component: Component, batch: BatchRange) -> Component:
+    """``component`` with its batch dim set to ``batch`` where its steps can share a call.
+
+    Graphs whose rows cannot be split (docs/batching.md: the voice) and graphs exported for one
+    session keep their range; no graph is given more rows than it was exported for.
+    """
+    exported = component.dynamic_dims.get("batch")
+    if exported is None or exported.max <= 1 or not batch_support(component).batches:
+        return component
+    high = min(batch.max_batch, exported.max)
+    dims = dict(component.dynamic_dims) | {"batch": DimRange(min=1, opt=min(batch.opt_batch, high), max=high)}
+    return replace(component, dynamic_dims=dims)
+
+
+def _file_bytes(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _spec_bytes(shape: Sequence[int | str], dtype: str, dims: Mapping[str, int]) -> int:
+    """Bytes of a tensor spec at ``dims``; 0 for a dim the run decides (a voice's samples)."""
+    sizes = [d if isinstance(d, int) else _dim_value(d, dims) for d in shape]
+    if any(size is None for size in sizes):
+        return 0
+    return math.prod(sizes) * np.dtype(dtype).itemsize
+
+
+def _dim_value(expression: str, dims: Mapping[str, int]) -> int | None:
+    """A named dim, or a product/sum of named dims and integers as exporters write them ("600*tokens")."""
+    if expression in dims:
+        return dims[expression]
+    terms = [t.strip() for t in expression.split("+")]
+    total = 0
+    for term in terms:
+        product = 1
+        for factor in (f.strip() for f in term.split("*")):
+            value = int(factor) if factor.isdigit() else dims.get(factor)
+            if value is None:
+                return None
+            product *= value
+        total += product
+    return total
 
 
 def format_bytes(count: float) -> str:

@@ -1,13 +1,16 @@
 """The on-target build recipe carried in every package: engine specs and equivalent trtexec lines.
 
 `edgevoice build` uses the same specs through the TensorRT Python API; build.sh is for devices
-where only JetPack's trtexec is at hand.
+where only JetPack's trtexec is at hand. Both give the graphs that batch the batch range the target's
+memory holds (``edgevoice.export.budget.package_batch_range``), counted the same way from the
+package's files, so the two routes build the same optimization profiles.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from edgevoice.export.budget import BatchRange, package_batch_range, with_batch_range
 from edgevoice.export.to_trt import EngineBuildSpec, trtexec_command
 from edgevoice.manifest import Component
 from edgevoice.targets import TargetProfile
@@ -52,19 +55,29 @@ def engine_spec(directory: Path, component: Component, target: TargetProfile) ->
     )
 
 
+def batch_ranged(directory: Path, components: dict[str, Component],
+                 target: TargetProfile) -> tuple[BatchRange, dict[str, Component]]:
+    """The sessions ``target`` holds with this package, and the components with that batch range
+    where their steps can share a call (the profiles of both build routes come from these)."""
+    batch = package_batch_range(directory, components, target)
+    return batch, {name: with_batch_range(component, batch) for name, component in components.items()}
+
+
 def write_build_script(directory: Path, components: dict[str, Component], target: TargetProfile) -> list[str]:
     """Write build.sh (run from inside the package directory); return the file names written."""
+    batch, ranged = batch_ranged(directory, components, target)
     lines = [
         "#!/usr/bin/env sh",
         f"# Builds the TensorRT engines of this package for {target.name} ({target.software_stack}).",
         "# Run it on the target itself: engines only run on the GPU and TensorRT version that built them.",
         "# `edgevoice build .` does the same through the Python API and records the engines in manifest.json;",
         "# engines built by this script are not recorded there.",
+        f"# Sessions: {batch.summary()}.",
         "set -e",
         'cd "$(dirname "$0")"',
         'TRTEXEC="${TRTEXEC:-/usr/src/tensorrt/bin/trtexec}"',
     ]
-    for component in components.values():
+    for component in ranged.values():
         spec = engine_spec(Path("."), component, target)
         command = trtexec_command(spec, trtexec="trtexec")
         lines.append('"$TRTEXEC"' + command[len("trtexec") :])  # the variable must stay unquoted-expandable

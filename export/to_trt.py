@@ -59,6 +59,11 @@ class EngineBuildSpec:
     dla_core: int | None = None
 
     def __post_init__(self) -> None:
+        for profile in self.profiles:  # caught here, not as a -1 from TensorRT minutes into a build
+            for name, (low, opt, high) in profile.items():
+                if not all(a <= b <= c for a, b, c in zip(low, opt, high)) or not len(low) == len(opt) == len(high):
+                    raise EdgevoiceError(f"optimization profile of input '{name}' must have min <= opt <= max in "
+                                         f"every dim, got {tuple(low)} / {tuple(opt)} / {tuple(high)}")
         object.__setattr__(self, "onnx_path", Path(self.onnx_path))
         object.__setattr__(self, "engine_path", Path(self.engine_path))
         if self.timing_cache_path is not None:
@@ -136,11 +141,12 @@ def _builder_config(trt: ModuleType, builder: Any, spec: EngineBuildSpec) -> Any
     if spec.timing_cache_path is not None and spec.timing_cache_path.is_file():
         previous = spec.timing_cache_path.read_bytes()
     config.set_timing_cache(config.create_timing_cache(previous), ignore_mismatch=False)
-    for shapes in spec.profiles:
+    for shapes in spec.profiles:  # batch ranges included: the build's batch range is the batch dim's min/opt/max
         profile = builder.create_optimization_profile()
         for name, (mn, opt, mx) in shapes.items():
             profile.set_shape(name, tuple(mn), tuple(opt), tuple(mx))
-        config.add_optimization_profile(profile)
+        if config.add_optimization_profile(profile) < 0:  # TensorRT's answer for an invalid profile
+            raise EdgevoiceError(f"TensorRT refused the optimization profile {shapes} of {spec.onnx_path.name}")
     if spec.dla_core is not None:
         # Weakly typed DLA build (10.x): DLA runs FP16/INT8 only; unsupported layers fall back to the GPU.
         if not spec.strongly_typed and hasattr(trt.BuilderFlag, "FP16"):
