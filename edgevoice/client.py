@@ -22,6 +22,7 @@ answers with its ``session_end`` summary (``summary()``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from edgevoice.serve import protocol as wire
 CONNECTION = "connection"  # the client's own event kind: data {"state", "attempt", "code", "reason"}
 FATAL_CODES = (wire.UNSUPPORTED, wire.POLICY)  # trying again would be refused the same way
 _FRAME_BACKLOG = 50  # mic frames waiting to go out (1 s at 20 ms); older ones give way
+CLOSE_TIMEOUT_S = 2.0  # how long our own close (bye, stop) waits for the server's answer
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,29 @@ class Client:
         self.events.emit(Event(now, CONNECTION, 0, {"state": state, **data}))
 
 
+@functools.cache
+def _closing_connection_class():
+    """A websockets client connection that ends as soon as the server's close frame has arrived.
+
+    The protocol lets the server drop TCP first, and the library waits ``close_timeout`` for it:
+    a front (load balancer, proxy) that holds its side open a while made every server close reach
+    ``lost`` and the reconnect CLOSE_TIMEOUT_S late. Once both close frames have crossed, the
+    conversation is over (RFC 6455 7.1.1 lets the client close then), so the client closes TCP itself.
+    """
+    from websockets.asyncio.client import ClientConnection
+    from websockets.frames import Frame, Opcode
+    from websockets.protocol import State
+
+    class ClosingClientConnection(ClientConnection):
+        def process_event(self, event) -> None:
+            super().process_event(event)  # the handshake's response comes here too, before any frame
+            closing = isinstance(event, Frame) and event.opcode is Opcode.CLOSE and self.protocol.state is State.CLOSING
+            if closing and self.transport is not None:
+                self.transport.close()  # our answering close frame is already queued: it goes out first
+
+    return ClosingClientConnection
+
+
 async def _stream(client: Client, io: AudioIO, seconds: float | None) -> None:
     await _Link(client, io, seconds).run()  # built inside the loop: its queues belong to it
 
@@ -233,7 +258,8 @@ class _Link:
         headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
         try:
             async with connect(self.client.url, additional_headers=headers, max_size=wire.MAX_TEXT_CHARS * 16,
-                               open_timeout=10, close_timeout=2, compression=None) as socket:
+                               open_timeout=10, close_timeout=CLOSE_TIMEOUT_S, compression=None,
+                               create_connection=_closing_connection_class()) as socket:
                 try:
                     await socket.send(wire.hello_message(self.io.mic_rate, self.io.speaker_rate))
                     while not self._ready(wire.parse_text(await asyncio.wait_for(socket.recv(), 30))):

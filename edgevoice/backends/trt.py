@@ -19,6 +19,7 @@ The bookkeeping that needs no GPU lives in ``edgevoice.backends.trt_io``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -134,6 +135,10 @@ class TrtRunner(Runner):
         # TensorRT allocates data-dependent outputs during the run: not capturable in a graph.
         self.graphs_allowed = self.options.cuda_graphs and not self.data_dependent
         self.cuda_stream = _check(self.cudart.cudaStreamCreate())
+        # One CUDA stream per engine, and one host session for stateless calls: the conversations of a
+        # server call from their own threads, so their calls take turns (a capture in progress on the
+        # stream must not see another thread's launch). Batching is how they share a call instead.
+        self.lock = threading.RLock()
         self.stream_handle = int(self.cuda_stream)  # execute_async_v3 takes the raw handle, not the wrapper
         self._host_session: TrtStream | None = None
 
@@ -171,9 +176,10 @@ class TrtRunner(Runner):
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The stateless path: state comes in as host arrays and goes out as outputs.
-        if self._host_session is None:
-            self._host_session = TrtStream(self, batch_size=None)
-        return self._host_session.run_all(feeds)
+        with self.lock:
+            if self._host_session is None:
+                self._host_session = TrtStream(self, batch_size=None)
+            return self._host_session.run_all(feeds)
 
     def stream(self, batch_size: int = 1) -> "TrtStream":
         return TrtStream(self, batch_size)
@@ -225,6 +231,10 @@ class TrtStream:
         self.restore(self.runner.initial_state(self.batch_size))
 
     def restore(self, snapshot: Mapping[str, np.ndarray]) -> None:
+        with self.runner.lock:
+            self._restore(snapshot)
+
+    def _restore(self, snapshot: Mapping[str, np.ndarray]) -> None:
         if set(snapshot) != set(self.wiring.values()):
             raise EdgevoiceError(f"snapshot holds {sorted(snapshot)}, the stream keeps {sorted(self.wiring.values())}")
         for name, value in snapshot.items():
@@ -237,19 +247,21 @@ class TrtStream:
 
     def snapshot(self) -> dict[str, np.ndarray]:
         out = {}
-        for name, shape in self._shapes.items():
-            out[name] = np.empty(shape, dtype=self.runner.component.input(name).dtype)
-            self._d2h(out[name], self._state_buffer(self.side, name).pointer)
-        _check(self.cudart.cudaStreamSynchronize(self.runner.cuda_stream))
+        with self.runner.lock:
+            for name, shape in self._shapes.items():
+                out[name] = np.empty(shape, dtype=self.runner.component.input(name).dtype)
+                self._d2h(out[name], self._state_buffer(self.side, name).pointer)
+            _check(self.cudart.cudaStreamSynchronize(self.runner.cuda_stream))
         return out
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.runner._validate(feeds, state_held=True)
-        self._use_profile(self.runner.profile_for(feeds))
-        key = self._bind(feeds, self.side)
-        self._launch(key, allow_graph=self.runner.graphs_allowed)
-        outputs = self._fetch_step_outputs()
-        self.side = 1 - self.side  # the outputs just written are now the state
+        with self.runner.lock:
+            self._use_profile(self.runner.profile_for(feeds))
+            key = self._bind(feeds, self.side)
+            self._launch(key, allow_graph=self.runner.graphs_allowed)
+            outputs = self._fetch_step_outputs()
+            self.side = 1 - self.side  # the outputs just written are now the state
         return outputs
 
     def run_all(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

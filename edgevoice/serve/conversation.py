@@ -49,7 +49,16 @@ _END = object()  # the sender's last item: everything queued before it has been 
 
 
 class TransportClosed(Exception):
-    """The peer went away (what a transport's ``recv`` / ``send`` raise)."""
+    """The peer went away (what a transport's ``recv`` / ``send`` raise).
+
+    ``code`` is the close code where the transport knows one; ``wire.SLOW_CONSUMER`` from a front
+    that holds the outgoing queue itself (Ray Serve's proxy, ``ray_app.SlowReaderGuard``) ends the
+    conversation as this module's own full queue does.
+    """
+
+    def __init__(self, message: str = "", code: int | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class Transport(Protocol):
@@ -144,14 +153,14 @@ class ConversationHost:
                  allow_origins: Sequence[str] = (), tools: Sequence[Tool] = (), device: str = "cpu",
                  system_prompt: str | None = None, max_new_tokens: int | None = None,
                  options: SessionOptions = SessionOptions(), limits: Limits = Limits(),
-                 batch_window_ms: float | None = DEFAULT_BATCH_WINDOW_MS):
+                 batch_window_ms: float | None = DEFAULT_BATCH_WINDOW_MS, backend: str = "ort"):
         if max_sessions < 1:
             raise EdgevoiceError(f"max_sessions must be at least 1, got {max_sessions}")
         if batch_window_ms is not None and not 0 <= batch_window_ms <= 50:
             raise EdgevoiceError(f"batch_window_ms must be within 0..50 ms (or None: no batching), "
                                  f"got {batch_window_ms}")
-        self.agent = Agent(package, device=device, system_prompt=system_prompt, max_new_tokens=max_new_tokens,
-                           options=options)
+        self.agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
+                           max_new_tokens=max_new_tokens, options=options)
         self.engines = SharedEngines(self.agent, batch_window_ms)
         for tool in tools:
             self.agent.add_tool(tool)
@@ -329,6 +338,10 @@ class Conversation:
             self.end(wire.NORMAL, f"no audio for {self.limits.idle_timeout_s:g} s")
         except asyncio.CancelledError:
             raise
+        except TransportClosed as exc:
+            if exc.code == wire.SLOW_CONSUMER:  # the front's queue towards the client is full
+                return self._stopped_reading(str(exc))
+            self.end(None)
         except Exception:  # noqa: BLE001 - the transport's way of saying the client left
             self.end(None)
 
@@ -348,9 +361,12 @@ class Conversation:
         try:
             self.outbox.put_nowait(message)
         except asyncio.QueueFull:
-            self.end(wire.SLOW_CONSUMER, f"the client stopped reading ({self.limits.send_queue} messages queued)")
-            return
+            return self._stopped_reading(f"{self.limits.send_queue} messages queued")
         self.peak_queue = max(self.peak_queue, self.outbox.qsize())
+
+    def _stopped_reading(self, detail: str) -> None:
+        """The one way a slow consumer ends: 4000, nothing more queued or sent (``_close``)."""
+        self.end(wire.SLOW_CONSUMER, f"the client stopped reading ({detail})")
 
     def _on_event(self, event: Event) -> None:
         # Any thread (listen, think, speak, tools): serialized here, queued in order on the loop.

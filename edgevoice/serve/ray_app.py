@@ -21,12 +21,18 @@ How conversations reach replicas (why the numbers below are what they are):
   busy); beyond it Ray's proxy itself refuses the upgrade with an HTTP 5xx status, not 1013.
 - With ``max_replicas`` above ``replicas`` the deployment autoscales on ongoing conversations per
   replica, aiming at ``target_sessions_per_replica``.
+- A replica's sends never wait for the client (Ray's proxy takes them at once), so the bound on
+  what a client that stops reading may hold is kept in the proxy: ``SlowReaderGuard``, which each
+  node's proxy loads through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`` (``start`` sets it for
+  the Ray it starts; on a cluster of your own, export it on every node before ``ray start``).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route parameters' types from
 # the methods Ray Serve rebinds, and string annotations there turn `websocket: WebSocket` into a
 # required query parameter (every upgrade refused with 403).
 
+import asyncio
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -34,8 +40,9 @@ from typing import Any
 
 from edgevoice.errors import EdgevoiceError, MissingDependencyError
 from edgevoice.manifest import read_manifest
-from edgevoice.serve.conversation import DEFAULT_BATCH_WINDOW_MS, ConversationHost, TransportClosed
-from edgevoice.serve.server import WEB_DIR, content_type, is_loopback, presented_token, web_file
+from edgevoice.serve import protocol as wire
+from edgevoice.serve.conversation import DEFAULT_BATCH_WINDOW_MS, ConversationHost, Limits, TransportClosed
+from edgevoice.serve.server import SOCKET_PATH, WEB_DIR, content_type, is_loopback, presented_token, web_file
 
 try:
     from fastapi import FastAPI, WebSocket
@@ -47,6 +54,9 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 APP_NAME = "edgevoice"
 ROUTER_CLASS = "edgevoice.serve.ray_router:MostRoomRouter"
+# Ray Serve's proxy calls this function at start and wraps its ASGI app in the middlewares it returns.
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "edgevoice.serve.ray_app:proxy_middlewares"
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,9 @@ class StarletteTransport:
     async def recv(self) -> bytes | str:
         message = await self._websocket.receive()
         if message["type"] == "websocket.disconnect":
-            raise TransportClosed(f"the client closed the conversation (code {message.get('code')})")
+            code = message.get("code")
+            raise TransportClosed(message.get("reason") or f"the client closed the conversation (code {code})",
+                                  code=code)
         if message.get("bytes") is not None:
             return message["bytes"]
         return message.get("text") or ""
@@ -160,6 +172,112 @@ class StarletteTransport:
         self._ready_seen = True
         message["session"] = f"{self._session_prefix}{message.get('session', '')}"
         return json.dumps(message)
+
+
+# --- the proxy: what a client that stops reading may hold --------------------------------------
+
+def proxy_middlewares() -> list:
+    """The middlewares of every node's Ray Serve proxy (named by ``PROXY_CALLBACK_ENV``)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(SlowReaderGuard)]
+
+
+class SlowReaderGuard:
+    """ASGI middleware in Ray Serve's proxy: `serve`'s bounded outgoing queue, for ``/ws``.
+
+    Ray 2.60's proxy takes a replica's messages as fast as the replica sends them and only then
+    waits for the client's socket, so a client that stops reading piles them up in the proxy
+    (about 44 KB per second of 22.05 kHz audio). Here each conversation's messages towards the
+    client wait in a queue of ``Limits.send_queue`` messages, the bound of a `serve` conversation's
+    own queue, drained into the socket by one task. When it is full the client stopped reading:
+    the replica hears a disconnect with code 4000, which its conversation ends as `serve` ends a
+    full queue (``Conversation._stopped_reading``), later messages are dropped, and the client is
+    sent close 4000 for when it reads again (within ``Limits.idle_timeout_s``, then it is let go).
+    """
+
+    def __init__(self, app, send_queue: int = Limits().send_queue, socket_path: str = SOCKET_PATH):
+        self.app, self.send_queue, self.socket_path = app, send_queue, socket_path
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "websocket" or scope.get("path") != self.socket_path:
+            return await self.app(scope, receive, send)
+        link = _BoundedLink(receive, send, self.send_queue)
+        try:
+            await self.app(scope, link.receive, link.send)
+        finally:
+            await link.finish()
+
+
+class _BoundedLink:
+    """One WebSocket's ``receive`` / ``send`` in the proxy, with the outgoing side bounded."""
+
+    def __init__(self, receive, send, bound: int):
+        self._receive, self._send, self.bound = receive, send, bound
+        self.queue: asyncio.Queue = asyncio.Queue(bound)
+        self.tripped = asyncio.Event()
+        self.pump = asyncio.create_task(self._pump())
+        self.closer: asyncio.Task | None = None
+
+    async def send(self, message: dict) -> None:
+        if self.tripped.is_set():
+            return  # the client is being dropped: nothing more is kept for it
+        if self.pump.done():  # the socket failed (the client left): the proxy hears it as from uvicorn
+            raise self.pump.exception() or RuntimeError("the client's socket is closed")
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self._trip()
+
+    async def receive(self) -> dict:
+        if self.tripped.is_set():
+            return self._slow_disconnect()
+        receiving = asyncio.ensure_future(self._receive())
+        tripped = asyncio.ensure_future(self.tripped.wait())
+        await asyncio.wait((receiving, tripped), return_when=asyncio.FIRST_COMPLETED)
+        tripped.cancel()
+        if receiving.done():
+            return receiving.result()
+        receiving.cancel()  # at most one client frame lost, of a conversation that is ending
+        return self._slow_disconnect()
+
+    async def finish(self) -> None:
+        """After the proxy's app returned: let queued messages go out (bounded in time), then stop."""
+        if self.closer is not None:
+            await self.closer
+        elif not self.pump.done():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.queue.join(), Limits().drain_timeout_s)
+        if self.pump.done() and not self.pump.cancelled():
+            self.pump.exception()  # a client that left: already heard by the proxy, not an error to log
+        self.pump.cancel()
+
+    def _trip(self) -> None:
+        self.tripped.set()
+        self.pump.cancel()  # it waits on a socket nobody reads
+        while not self.queue.empty():  # what the client did not read is dropped now, not at the end
+            self.queue.get_nowait()
+            self.queue.task_done()
+        self.closer = asyncio.create_task(self._close_slow())
+
+    async def _close_slow(self) -> None:
+        close = {"type": "websocket.close", "code": wire.SLOW_CONSUMER, "reason": self._reason()}
+        with contextlib.suppress(Exception):  # a client that never reads again never gets it
+            await asyncio.wait_for(self._send(close), Limits().idle_timeout_s)
+
+    async def _pump(self) -> None:
+        while True:
+            message = await self.queue.get()
+            try:
+                await self._send(message)
+            finally:
+                self.queue.task_done()  # also when cancelled mid-send: join() must not wait for it
+
+    def _slow_disconnect(self) -> dict:
+        return {"type": "websocket.disconnect", "code": wire.SLOW_CONSUMER, "reason": self._reason()}
+
+    def _reason(self) -> str:
+        return f"{self.bound} messages queued in the proxy"
 
 
 def load_conversation_host(options: RayServeOptions) -> Any:
@@ -259,6 +377,8 @@ def start(options: RayServeOptions, ray_address: str | None = None) -> None:
     read_manifest(options.package)
     app = build_app(options)
     if not ray.is_initialized():
+        # A Ray started here passes its environment to its proxies: they load SlowReaderGuard.
+        os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
         ray.init(address=ray_address, include_dashboard=False)
     # A proxy on every node: clients (or a load balancer) may reach the cluster through any node.
     serve.start(proxy_location="EveryNode", http_options={"host": options.host, "port": options.port})

@@ -87,13 +87,15 @@ class Server:
                  tools: Sequence[Tool] = (), web_dir: str | Path = WEB_DIR, device: str = "cpu",
                  system_prompt: str | None = None, max_new_tokens: int | None = None,
                  options: SessionOptions = SessionOptions(), limits: Limits = Limits(),
-                 batch_window_ms: float | None = DEFAULT_BATCH_WINDOW_MS):
+                 batch_window_ms: float | None = DEFAULT_BATCH_WINDOW_MS, backend: str = "ort"):
         self.token = _token_policy(token, insecure_no_token, host)
         self.host, self.port, self.web_dir = host, port, Path(web_dir)
+        self.backend = check_backend(backend, package)  # trt: one line naming what is missing, before any load
         self.conversations = ConversationHost(package, max_sessions=max_sessions, token=self.token,
                                               allow_origins=allow_origins, tools=tools, device=device,
                                               system_prompt=system_prompt, max_new_tokens=max_new_tokens,
-                                              options=options, limits=limits, batch_window_ms=batch_window_ms)
+                                              options=options, limits=limits, batch_window_ms=batch_window_ms,
+                                              backend=backend)
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -234,6 +236,52 @@ def _token_policy(token: str | None, insecure_no_token: bool, host: str) -> str 
     if token == "":
         raise EdgevoiceError("an empty --token protects nothing; give a token, or --insecure-no-token on loopback")
     return token or secrets.token_urlsafe(16)
+
+
+SERVE_BACKENDS = ("ort", "trt")
+
+
+def check_backend(backend: str, package: str | Path) -> str:
+    """``backend`` when this machine can serve ``package`` with it; else one line naming all it lacks.
+
+    ``trt`` needs an NVIDIA GPU, TensorRT and cuda-python (the ``trt`` extra) and engines that
+    ``edgevoice build`` made for the package. Probed without importing TensorRT (creating its
+    objects without a GPU can crash), so every missing piece is named at once, before any engine loads.
+    """
+    if backend not in SERVE_BACKENDS:
+        raise EdgevoiceError(f"--backend {backend} is not one serve runs; choose {' or '.join(SERVE_BACKENDS)}")
+    if backend == "ort":
+        return backend
+    from edgevoice.backends.cuda import cuda_device_count
+    from edgevoice.manifest import read_manifest
+
+    missing = []
+    if cuda_device_count() == 0:
+        missing.append("an NVIDIA GPU (none found)")
+    if not _importable("tensorrt"):
+        missing.append("TensorRT (the tensorrt Python package: `sudo apt install python3-libnvinfer` on a Jetson, "
+                       "`pip install 'edgevoice[trt]'` elsewhere)")
+    if not (_importable("cuda.bindings") or _importable("cuda.cudart")):
+        missing.append("cuda-python (`pip install 'edgevoice[trt]'`)")
+    manifest = read_manifest(package)
+    unbuilt = [name for name, component in manifest.components.items() if component.engine is None]
+    if unbuilt:
+        missing.append(f"TensorRT engines for {', '.join(unbuilt)} (run `edgevoice build {manifest.directory}` "
+                       "on the target)")
+    if missing:
+        raise EdgevoiceError(f"--backend trt needs {'; '.join(missing)}; or serve with --backend ort")
+    return backend
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
 
 
 def _netloc(host: str, port: int) -> str:

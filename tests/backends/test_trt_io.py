@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -206,6 +208,7 @@ def fake_runner(comp: Component, cuda_graphs: bool = True, **context_options) ->
     runner.graphs_allowed = cuda_graphs and not runner.data_dependent
     runner.cuda_stream = runner.stream_handle = 7
     runner._host_session = None
+    runner.lock = threading.RLock()
     runner.new_context = lambda profile=0: TrtRunner.new_context(runner, profile)
     runner.engine.create_execution_context = lambda: FakeContext(runner.engine, **context_options)
     return runner
@@ -296,3 +299,34 @@ def test_each_call_runs_on_the_narrowest_profile_that_holds_it():
     assert runner.profile_for({"x": np.zeros((1, 65), np.float32)}) == 0  # nothing fits: profile 0 says why
     runner.engine.num_optimization_profiles = 1  # built by build.sh (trtexec): profile 0 only
     assert runner.profile_for({"x": token}) == 0
+
+
+def test_conversations_on_threads_take_turns_on_one_engine():
+    """Two sessions' streams over one engine, called from two threads: never two launches at once
+    (one CUDA stream per engine; a graph capture must not see another thread's launch)."""
+    runner = fake_runner(component(), cuda_graphs=False)
+    running, overlaps = [0], []
+    make_context = runner.engine.create_execution_context
+
+    def watched_context():
+        context = make_context()
+        execute = context.execute_async_v3
+
+        def execute_alone(stream):
+            running[0] += 1
+            overlaps.append(running[0])
+            time.sleep(0.002)  # long enough for the other thread to try
+            running[0] -= 1
+            return execute(stream)
+
+        context.execute_async_v3 = execute_alone
+        return context
+
+    runner.engine.create_execution_context = watched_context
+    streams = [runner.stream(1), runner.stream(1)]
+    threads = [threading.Thread(target=lambda s=s: [step(s) for _ in range(20)]) for s in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(overlaps) == 40 and max(overlaps) == 1

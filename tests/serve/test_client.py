@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import time
 
 import numpy as np
@@ -74,3 +75,86 @@ def test_no_server_means_bounded_tries_then_a_clear_error():
         client.wait(30)
     states = [e.data["state"] for e in client.events.history(CONNECTION)]
     assert states == ["lost", "reconnecting", "lost", "reconnecting", "lost", "gave_up"]
+
+
+class LingeringFront:
+    """A websockets server behind a TCP front that, like some load balancers and proxies, keeps the
+    client's side open for ``linger_s`` after the server has closed its own: the server sends its
+    close frame 0.3 s after ``ready`` and notes when (``closed_at``, monotonic)."""
+
+    def __init__(self, linger_s: float = 5.0):
+        self.linger_s, self.closed_at, self.port = linger_s, None, None
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+
+    def __enter__(self) -> LingeringFront:
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _conversation(self, connection) -> None:
+        await connection.recv()  # hello
+        await connection.send(wire.ready_message("s1", 16000, 24000, 1, "tiny"))
+        drain = asyncio.create_task(self._drain(connection))
+        await asyncio.sleep(0.3)
+        self.closed_at = time.monotonic()
+        await connection.close(wire.GOING_AWAY, "restarting")
+        drain.cancel()
+
+    @staticmethod
+    async def _drain(connection) -> None:
+        async for _ in connection:
+            pass
+
+    async def _pipe(self, reader, writer, linger_s: float) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        await asyncio.sleep(linger_s)  # the front drops its other side only later
+        writer.close()
+
+    async def _front(self, reader, writer) -> None:
+        back_reader, back_writer = await asyncio.open_connection("127.0.0.1", self._back_port)
+        self._pipes = [asyncio.create_task(self._pipe(reader, back_writer, 0.0)),
+                       asyncio.create_task(self._pipe(back_reader, writer, self.linger_s))]
+
+    async def _main(self) -> None:
+        from websockets.asyncio.server import serve
+
+        async with serve(self._conversation, "127.0.0.1", 0, compression=None) as server:
+            self._back_port = server.sockets[0].getsockname()[1]
+            front = await asyncio.start_server(self._front, "127.0.0.1", 0)
+            self.port = front.sockets[0].getsockname()[1]
+            self._ready.set()
+            await asyncio.to_thread(self._stop.wait)
+            front.close()
+
+
+def test_a_server_close_is_seen_at_once_even_when_a_front_holds_the_tcp_connection_open():
+    """The server's close frame ends the conversation for the client: it does not wait for the TCP
+    connection to drop (websockets' close_timeout, 2 s here before), which a proxy may hold open."""
+    with LingeringFront(linger_s=5.0) as front:
+        client = Client(f"ws://127.0.0.1:{front.port}", reconnect=ReconnectPolicy(tries=0))
+        lost = threading.Event()
+        seen = {}
+
+        def on_connection(event):
+            seen.setdefault(event.data["state"], (time.monotonic(), event.data))
+            if event.data["state"] == "lost":
+                lost.set()
+
+        client.on(CONNECTION, on_connection)
+        client.start(file_io(10.0))
+        assert lost.wait(8), seen
+        lost_at, data = seen["lost"]
+        with pytest.raises(EdgevoiceError, match="could not reconnect in 0 tries"):
+            client.wait(5)
+    assert (data["code"], data["reason"]) == (wire.GOING_AWAY, "restarting")
+    assert lost_at - front.closed_at < 0.5, f"the close was seen {lost_at - front.closed_at:.2f} s after it was sent"

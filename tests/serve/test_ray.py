@@ -131,6 +131,10 @@ def ray_serve(cascade_package):
     port = _free_port()
     options = ray_app.RayServeOptions(package=str(cascade_package.directory), replicas=2, max_sessions_per_replica=1,
                                       cores_per_replica=1, host="127.0.0.1", port=port, token=TOKEN, drain_timeout_s=5)
+    # The proxy reads its middlewares from its environment, which Ray's processes inherit from here
+    # (what ray_app.start does for a Ray it starts itself).
+    previous = os.environ.get(ray_app.PROXY_CALLBACK_ENV)
+    os.environ[ray_app.PROXY_CALLBACK_ENV] = ray_app.PROXY_CALLBACK
     # address="local": a new cluster of this test's own, even where RAY_ADDRESS names another.
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     try:
@@ -139,6 +143,10 @@ def ray_serve(cascade_package):
     finally:
         serve.shutdown()
         ray.shutdown()
+        if previous is None:
+            os.environ.pop(ray_app.PROXY_CALLBACK_ENV, None)
+        else:
+            os.environ[ray_app.PROXY_CALLBACK_ENV] = previous
 
 
 def _replica_actor_tags() -> set[str]:
@@ -299,3 +307,109 @@ def test_page_files_are_served_through_ray(ray_serve):
 
     health = json.loads(get("/healthz")[1])
     assert health["max_sessions"] == 1 and health["replica"] in _replica_actor_tags()
+
+
+# --- a client that stops reading --------------------------------------------------------------
+
+def test_the_proxy_guard_holds_at_most_its_bound_then_tells_the_replica_4000():
+    """SlowReaderGuard without a cluster: a socket that never takes a message (a client that
+    stopped reading) gets at most ``send_queue`` messages queued; then the app's next receive is a
+    disconnect with 4000 and the client is sent close 4000 (edgevoice/serve/conversation.py's
+    ``Conversation._put`` is the same rule for `edgevoice serve`)."""
+    _require_ray()
+    from edgevoice.serve import protocol as wire
+    from edgevoice.serve.ray_app import SlowReaderGuard
+
+    async def scenario():
+        sent, blocked = [], asyncio.Event()
+
+        async def stuck_send(message):  # the socket: the first frame never finishes going out
+            sent.append(message)
+            if message["type"] == "websocket.send":
+                await blocked.wait()
+
+        async def client_receive():
+            await asyncio.sleep(3600)  # the client still has something to say: it never disconnects
+
+        async def app(scope, receive, send):
+            await send({"type": "websocket.accept"})
+            for _ in range(50):
+                await send({"type": "websocket.send", "bytes": bytes(100)})
+                await asyncio.sleep(0)  # as Ray's proxy, which awaits the replica between messages
+            return await receive()
+
+        heard = {}
+
+        async def recording_app(scope, receive, send):
+            heard["message"] = await app(scope, receive, send)
+
+        guard = SlowReaderGuard(recording_app, send_queue=8)
+        await asyncio.wait_for(guard({"type": "websocket", "path": "/ws"}, client_receive, stuck_send), 10)
+        return heard["message"], sent
+
+    disconnect, sent = asyncio.run(scenario())
+    assert disconnect["type"] == "websocket.disconnect" and disconnect["code"] == wire.SLOW_CONSUMER
+    frames = [m for m in sent if m["type"] == "websocket.send"]
+    assert len(frames) == 1  # the one the socket never took; the other 49 were dropped, not kept
+    assert sent[-1] == {"type": "websocket.close", "code": wire.SLOW_CONSUMER, "reason": "8 messages queued in the proxy"}
+
+
+def test_a_client_that_stops_reading_is_dropped_with_4000_and_nothing_piles_up(ray_serve):
+    """The rule of `edgevoice serve` (tests/serve/test_serve.py,
+    test_a_client_that_stops_reading_is_dropped_and_memory_stays_bounded) through Ray's proxy:
+    200 ms frames at 8 kHz in, 48 kHz out (19,200 bytes back per frame), nothing read; afterwards
+    the client gets what the server side still held for it, then close 4000. Without the bound
+    (measured with the tiny package and one replica) all 28.8 MB were kept and came through, and
+    the conversation ended only at the idle timeout with 1000."""
+    import websockets
+    from websockets.asyncio.client import connect
+
+    from edgevoice.serve import protocol as wire
+
+    host, port = ray_serve.split(":")
+    frames_sent = 1500
+    reply_bytes = 1600 * 48000 // 8000 * 2  # per frame sent: 200 ms of 48 kHz PCM16
+
+    async def flood():
+        raw = socket.socket()  # a small receive buffer: the kernel does not absorb megabytes first
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)
+        raw.connect((host, int(port)))
+        # No compression: zeros would deflate to a few bytes, and nothing would ever back up.
+        socket_ = await connect(f"ws://{ray_serve}/ws?token={TOKEN}", sock=raw, compression=None)
+        await socket_.send(wire.hello_message(8000, 48000))
+        assert json.loads(await socket_.recv())["type"] == "ready"
+        frame = wire.float_to_pcm16(np.zeros(1600, np.float32))
+        for _ in range(frames_sent):
+            await asyncio.wait_for(socket_.send(frame), 30)
+            await asyncio.sleep(0.005)
+        held = 0
+        try:
+            while True:  # now read: what was kept for us, then the close
+                message = await asyncio.wait_for(socket_.recv(), 60)
+                held += len(message) if isinstance(message, bytes) else 0
+        except websockets.ConnectionClosed:
+            pass
+        return held, socket_.close_code, socket_.close_reason
+
+    held, code, reason = asyncio.run(flood())
+    asked = frames_sent * reply_bytes  # 28.8 MB
+    assert (code, reason) == (wire.SLOW_CONSUMER, "256 messages queued in the proxy")
+    # 256 queued frames (4.9 MB) plus socket buffers; everything else was dropped, not kept.
+    assert held < asked / 3, f"{held / 1e6:.1f} MB of {asked / 1e6:.1f} MB were kept for a client that did not read"
+    deadline = time.monotonic() + 30  # the replica ended the conversation: both take new ones again
+    while time.monotonic() < deadline and _replicas_active(ray_serve) != [0, 0]:
+        time.sleep(0.5)
+    assert _replicas_active(ray_serve) == [0, 0]
+
+
+def _replicas_active(address: str) -> list[int]:
+    """Conversations each replica holds (by /healthz; the proxy picks a replica per request, so ask
+    until both have answered)."""
+    seen = {}
+    for _ in range(40):
+        with urllib.request.urlopen(f"http://{address}/healthz", timeout=10) as response:
+            health = json.loads(response.read())
+        seen[health["replica"]] = health["active"]
+        if len(seen) == 2:
+            break
+    return sorted(seen.values())
