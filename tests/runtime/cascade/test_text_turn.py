@@ -12,6 +12,7 @@ import pytest
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.text_turn import end_token_ids, without_trailing_punctuation
 from edgevoice.runtime.cascade.thinking import CascadeThinker
+from edgevoice.runtime.tools import Tool, ToolRunner
 from edgevoice.runtime.turns import TurnOptions
 from edgevoice.runtime.workers import Worker
 
@@ -36,8 +37,22 @@ def test_the_end_tokens_are_single_token_marks_and_the_stop_ids():
     assert end_token_ids(lambda text: table[text], [1, 2]) == [1, 2, 5, 6]
 
 
+@pytest.fixture(scope="module")
+def kiosk_thinker(cascade_package):
+    """A deployment's own system prompt and a registered tool: a longer, different prompt."""
+    inline = Worker("think", False, lambda stage, exc: None)
+    pipeline = CascadePipeline(cascade_package, system_prompt="You are the information desk robot of a shopping "
+                                                              "mall. Be brief and friendly.")
+    tools = ToolRunner(lambda outcome: None)
+    city = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    tools.register(Tool("weather", lambda city: "sunny", parameters=city, description="Current weather in a city"))
+    return CascadeThinker(pipeline, inline, inline, lambda *a, **k: None, 22050, tools)
+
+
 @pytest.mark.slow
-def test_the_threshold_separates_finished_from_cut_requests(thinker):
+@pytest.mark.parametrize("which", ["thinker", "kiosk_thinker"])
+def test_the_threshold_separates_finished_from_cut_requests(which, request):
+    thinker = request.getfixturevalue(which)
     threshold = TurnOptions().text_eot_threshold
     finished = {text: thinker.words_end_probability(text) for text in CALIBRATION["finished"]}
     cut = {text: thinker.words_end_probability(text) for text in CALIBRATION["cut"]}
