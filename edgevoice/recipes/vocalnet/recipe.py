@@ -27,12 +27,15 @@ Manifest ``config`` keys (all the run-time glue needs, numpy only):
     tokenizer           the VocalNet folder's tokenizer.json, copied
     llm                 hidden, vocab_size, max_context, prefill_max_tokens, embed_tokens (file),
                         prompt_ids (the chat template with -200 where the speech rows go),
-                        eot_id, stop_ids, max_input_rows (tokenizer_model_max_length; 0 = none)
+                        eot_id, stop_ids, max_input_rows (tokenizer_model_max_length; 0 = none),
+                        end_row_id (its embedding row closes the speech decoder's input: Llama's
+                        <|eot_id|>, Qwen2.5's <|endoftext|>), family ("llama" | "qwen2")
     speech              bos/sos/eos ids, heads (1 + MTP heads used), unit_vocab, txt_token_num,
-                        speech_token_num, max_text_rows, max_speech_rows, streaming penalty
+                        speech_token_num, reset_interval, max_text_rows, max_speech_rows, streaming penalty
     flow                mel_bins, token_mel_ratio, pre_lookahead, euler ([t, dt] per step),
                         chunk_tokens, chunk_advance, final_hop, max_tokens, max_frames,
-                        voice_file, noise_file
+                        voice_file, noise_file, voice_prompt (how the voice prompt was made:
+                        made_from "onnx" | "prompt_inputs" | "seeded", and its files' hashes)
     hift                sample_rate, samples_per_frame, harmonics, mel_cache_frames, max_frames
     licenses, source    weights' licenses and provenance; checkpoint: the folders and their stamp
     published_budget    added by export: VocalNet-1B's and 8B's published shapes against every hw/
@@ -42,7 +45,6 @@ Manifest ``config`` keys (all the run-time glue needs, numpy only):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +56,6 @@ from edgevoice.models.llm import LlmModel, LlmStep
 from edgevoice.models.vocalnet.flow import FlowModel, euler_schedule
 from edgevoice.models.vocalnet.hift import HiftGenerator
 from edgevoice.models.vocalnet.listen import VocalNetListen
-from edgevoice.models.vocalnet.prompt import llama3_prompt_ids
 from edgevoice.models.vocalnet.speech_decoder import (
     MtpSpeechDecoder,
     speech_decoder_steps,
@@ -74,6 +75,9 @@ EMBED_FILE = "vn_embed_tokens.npy"
 TOKENIZER_FILE = "tokenizer.json"
 LICENSE = ("VocalNet weights: Apache-2.0 (SJTU-OmniAgent/VocalNet); LLM: Llama 3.2 Community License; "
            "Whisper-large-v3 encoder: MIT (OpenAI); CosyVoice2 flow and HiFT: Apache-2.0 (FunAudioLLM)")
+QWEN_LICENSE = ("VocalNet weights: Apache-2.0 (SJTU-OmniAgent/VocalNet); LLM: Qwen2.5 (Apache-2.0 for 7B; check the "
+                "base model's license); Whisper-large-v3 encoder: MIT (OpenAI); CosyVoice2 flow and HiFT: Apache-2.0 "
+                "(FunAudioLLM)")
 MTP_USED = 2  # infer_mtp_token_num in vocalnet.py and vocalnet_streaming.py
 STREAM_PENALTY = {"penalty_window": 6, "penalty": 2.0}  # streaming_predict_mtp's defaults
 NOISE_SEED = 1234
@@ -106,6 +110,8 @@ class VocalNetParts:
     eot_id: int
     stop_ids: list[int]
     max_input_rows: int = 0
+    end_row_id: int | None = None  # None: eot_id (the Llama family)
+    family: str = "llama"  # the LLM kind: "llama" | "qwen2" (edgevoice.weights.vocalnet.chat)
 
 
 # --- the recipe ------------------------------------------------------------------------------
@@ -122,10 +128,12 @@ def recipe(weights: str | Path | None = None, cosyvoice: str | Path | None = Non
     checkpoint = {"weights": str(Path(weights).resolve()), "cosyvoice": str(Path(cosyvoice).resolve()),
                   "whisper": str(Path(whisper).resolve()) if whisper else None, "stamp": weights_stamp(*folders)}
     source = f"VocalNet folder {Path(weights).resolve()}, CosyVoice2 folder {Path(cosyvoice).resolve()}"
-    return assemble("vocalnet", parts, limits, LICENSE, source, extra_config={"checkpoint": checkpoint})
+    license = QWEN_LICENSE if parts.family == "qwen2" else LICENSE
+    return assemble("vocalnet", parts, limits, license, source, extra_config={"checkpoint": checkpoint})
 
 
 def load_parts(weights: Path, cosyvoice: Path, whisper: Path | None, limits: VocalNetLimits) -> VocalNetParts:
+    from edgevoice.weights.vocalnet.chat import read_chat_facts
     from edgevoice.weights.vocalnet.checkpoint import (
         build_listen,
         build_llm,
@@ -143,26 +151,11 @@ def load_parts(weights: Path, cosyvoice: Path, whisper: Path | None, limits: Voc
                                   max_text_rows=limits.max_text_rows, max_speech_rows=limits.max_speech_rows)
     flow, hift = load_flow(cosyvoice), hift_load(cosyvoice)
     cfg = flow.cfg
-    voice = vn_voice.read_voice(vn_voice.find_prompt_inputs(cosyvoice), cfg.token_mel_ratio, cfg.mel_bins,
-                                cfg.spk_embed_dim, cfg.vocab_size)
-    tokenizer = weights / TOKENIZER_FILE
-    if not tokenizer.is_file():
-        raise EdgevoiceError(f"{weights} has no {TOKENIZER_FILE}; download the folder's tokenizer files")
-    eot, stops = llama3_stop_ids(tokenizer, weights / "generation_config.json")
-    return VocalNetParts(build_listen(ckpt), build_llm(ckpt), decoder, flow, hift, voice, tokenizer,
-                         llama3_prompt_ids(tokenizer).tolist(), eot, stops, ckpt.config.tokenizer_max_length)
-
-
-def llama3_stop_ids(tokenizer: Path, generation_config: Path) -> tuple[int, list[int]]:
-    """<|eot_id|> (ends a reply) and the ids generation stops at (generation_config's eos ids too)."""
-    from tokenizers import Tokenizer
-
-    eot = Tokenizer.from_file(str(tokenizer)).token_to_id("<|eot_id|>")
-    if eot is None:
-        raise EdgevoiceError(f"{tokenizer} has no <|eot_id|> token; is it a Llama-3 tokenizer?")
-    eos = json.loads(generation_config.read_text()).get("eos_token_id", []) if generation_config.is_file() else []
-    eos = [eos] if isinstance(eos, int) else list(eos)
-    return eot, sorted({eot, *eos})
+    voice = vn_voice.load_voice(cosyvoice, cfg.token_mel_ratio, cfg.mel_bins, cfg.spk_embed_dim, cfg.vocab_size)
+    chat = read_chat_facts(weights)  # the family's template and special ids, from the folder
+    return VocalNetParts(build_listen(ckpt), build_llm(ckpt), decoder, flow, hift, voice, weights / TOKENIZER_FILE,
+                         list(chat.prompt_ids), chat.eot_id, list(chat.stop_ids), ckpt.config.tokenizer_max_length,
+                         chat.end_row_id, chat.family)
 
 
 # --- components and config -------------------------------------------------------------------
@@ -236,14 +229,17 @@ def package_config(parts: VocalNetParts, limits: VocalNetLimits, pipeline: list[
         "llm": {"hidden": llm.hidden, "vocab_size": llm.vocab_size, "max_context": llm.max_context,
                 "prefill_max_tokens": llm.prefill_max_tokens, "embed_tokens": EMBED_FILE,
                 "prompt_ids": list(parts.prompt_ids), "eot_id": parts.eot_id, "stop_ids": list(parts.stop_ids),
-                "max_input_rows": parts.max_input_rows},
+                "max_input_rows": parts.max_input_rows, "family": parts.family,
+                "end_row_id": parts.eot_id if parts.end_row_id is None else parts.end_row_id},
         "speech": {"bos_id": dec.bos_id, "sos_id": dec.sos_id, "eos_id": dec.eos_id, "heads": dec.heads_per_step,
                    "unit_vocab": dec.unit_vocab, "txt_token_num": 5, "speech_token_num": 15,
+                   "reset_interval": 50,  # VocalNetModelStream's default (steps before a sentence end resets)
                    "max_text_rows": dec.max_text_rows, "max_speech_rows": dec.max_speech_rows, **STREAM_PENALTY},
         "flow": {"mel_bins": flow.mel_bins, "token_mel_ratio": flow.token_mel_ratio, "pre_lookahead": flow.pre_lookahead,
                  "euler": euler, "chunk_tokens": 15, "chunk_advance": 12, "final_hop": 2 * flow.input_frame_rate,
                  "max_tokens": flow_tokens, "max_frames": flow_tokens * flow.token_mel_ratio,
-                 "voice_file": vn_voice.VOICE_FILE, "noise_file": vn_voice.NOISE_FILE},
+                 "voice_file": vn_voice.VOICE_FILE, "noise_file": vn_voice.NOISE_FILE,
+                 "voice_prompt": dict(parts.voice.origin)},  # how the prompt was made (onnx / prompt_inputs / seeded)
         "hift": {"sample_rate": hift.sampling_rate, "samples_per_frame": hift.samples_per_frame,
                  "harmonics": hift.harmonics, "mel_cache_frames": 8, "max_frames": limits.hift_max_frames},
     }

@@ -8,8 +8,8 @@ cancel it between any two calls:
     vn_listen        the turn (padded to the 30 s window) -> speech rows in the LLM's space
     vn_llm           chat-template rows ⊕ speech rows prefilled, then greedy decoding; the hidden
                      state that produced each token is kept (``vocalnet_streaming.py``)
-    speech_text/     every ``txt_token_num`` hidden states (the last chunk: the rest plus the
-    speech_units     <|eot_id|> embedding row) -> speech units, ``speech_tokens.StreamingUnits``
+    speech_text/     hidden states in ``txt_token_num`` chunks, the sentence reset and the last chunk
+    speech_units     as the reference hands them over (``speech_tokens.TextChunker``) -> speech units
     flow_*           units accumulate -> mel chunks on the reference's schedule (``FlowStream``)
     hift_*           mel chunks -> 24 kHz PCM with the cache and cross-fade (``HiftStream``)
 
@@ -38,7 +38,13 @@ from edgevoice.runtime.vocalnet.engines import (
     FlowStream,
     HiftEngines,
 )
-from edgevoice.runtime.vocalnet.speech_tokens import MtpRule, StreamingUnits
+from edgevoice.runtime.vocalnet.speech_tokens import (
+    ChunkRule,
+    MtpRule,
+    SpeechCall,
+    StreamingUnits,
+    TextChunker,
+)
 from edgevoice.runtime.vocalnet.turn_input import (
     input_rows,
     pad_or_trim,
@@ -146,25 +152,24 @@ class VocalNetPipeline:
         units = StreamingUnits(self.decoder, rule, text_capacity=speech["max_text_rows"],
                                speech_capacity=speech["max_speech_rows"])
         flow, vocoder = FlowStream(self.flow), HiftStream(self.hift, self.hift_config, seed=self.seed)
+        chunker = TextChunker(ChunkRule.from_config(speech), self.table[self.llm.get("end_row_id", self.llm["eot_id"])], self.tokenizer.decode)
         hidden: list[np.ndarray] = []
         out: dict = {"text": "", "finish": "length"}
         for step in self._llm_steps(embeds, hidden, out):
             yield step
-            if len(hidden) >= speech["txt_token_num"]:  # every txt_token_num states go to the decoder
-                rows, hidden[:] = np.stack(hidden[: speech["txt_token_num"]]), hidden[speech["txt_token_num"]:]
-                yield from self._speak(units, flow, vocoder, rows, last=False)
-        end_row = np.asarray(self.table[self.llm["eot_id"]], np.float32)[None]
-        rows = np.concatenate([np.stack(hidden), end_row]) if hidden else end_row
-        yield from self._speak(units, flow, vocoder, rows, last=True)
+            for call in chunker.step(step.token, hidden.pop()) if step.kind == "token" else ():
+                yield from self._speak(units, flow, vocoder, call)
+        # The end step: <|eot_id|>'s own row, or embed(<|eot_id|>) at the length limit (the reference's max_len).
+        end_row = hidden.pop() if out["finish"] == "stop" else chunker.end_row
+        for call in chunker.step(self.llm["eot_id"], end_row, end=True):
+            yield from self._speak(units, flow, vocoder, call)
         yield ReplyStep("done", text=out["text"], finish=out["finish"])
 
-    def _speak(self, units: StreamingUnits, flow: FlowStream, vocoder: HiftStream, rows: np.ndarray,
-               last: bool) -> Iterator[ReplyStep]:
-        if units.positions.text_len + rows.shape[0] + 1 > self.speech["max_text_rows"]:
-            rows = rows[: max(0, self.speech["max_text_rows"] - units.positions.text_len - 1)]  # the decoder is full
-        new = units(rows if rows.shape[0] else None, last=last) if rows.shape[0] or units.positions.text_len else []
-        spoken = [u for u in new if u < self.speech["unit_vocab"]]  # EOS ends the list; no special id is voiced
+    def _speak(self, units: StreamingUnits, flow: FlowStream, vocoder: HiftStream,
+               call: SpeechCall) -> Iterator[ReplyStep]:
+        spoken = [u for u in units.run(call) if u < self.speech["unit_vocab"]]  # no special id is voiced
         yield ReplyStep("units", units=spoken)
+        last = call.end_of_reply
         chunks = flow.push(spoken, last=last)
         for i, mel in enumerate(chunks):
             yield ReplyStep("mel", frames=mel.shape[1])

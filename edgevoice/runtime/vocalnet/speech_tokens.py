@@ -21,13 +21,19 @@ Bookkeeping the graphs need (``DecoderPositions``): the pre-NN rows, the text ro
 rows, shared by every module) and, per module, the units fed so far. A module the reference did
 not run in a cycle (it stopped after an earlier head) is not advanced.
 
+Which text rows reach the decoder, and when, is the LLM side's schedule
+(``OmniSpeech2SLlamaForCausalLM.streaming_generate_mtp`` in
+omni_speech/model/language_model/omni_speech2s_llama.py): ``TextChunker`` turns LLM steps into
+``SpeechCall`` hand-offs (``txt_token_num`` chunks, the ``reset_interval`` sentence reset, the
+last chunk at <|eot_id|>) and ``StreamingUnits.run`` carries one out.
+
 Nothing here imports torch: the runtime drives the graphs through any backend.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +50,9 @@ class MtpDecoderGraphs(Protocol):
 
     def units(self, tokens: Sequence[int], text_len: int, speech_len: Sequence[int]) -> np.ndarray:
         """Feed K units; logits (N, V) of the main head and each MTP head at the last position."""
+
+    def reset(self) -> None:
+        """Empty every cache (a new utterance for the decoder)."""
 
 
 @dataclass(frozen=True)
@@ -204,13 +213,44 @@ class StreamingUnits:
 
     def __init__(self, graphs: MtpDecoderGraphs, rule: MtpRule, rng: np.random.Generator | None = None,
                  text_capacity: int | None = None, speech_capacity: int | None = None):
+        self.graphs, self.rule, self.rng = graphs, rule, rng
+        self.text_capacity, self.speech_capacity = text_capacity, speech_capacity
         self._decoder = _Decoder(graphs, rule, text_capacity, speech_capacity)
-        self.rule, self.rng = rule, rng
-        self.all_units = [rule.sos_id]  # SOS + every unit returned so far
+        self.all_units = [rule.sos_id]  # SOS + every unit returned since the last reset
 
     @property
     def positions(self) -> DecoderPositions:
         return self._decoder.positions
+
+    def reset(self) -> None:
+        """``reset_streaming_cache``: empty caches, so the next call starts over with BOS and SOS."""
+        self.graphs.reset()
+        self._decoder = _Decoder(self.graphs, self.rule, self.text_capacity, self.speech_capacity)
+        self.all_units = [self.rule.sos_id]
+
+    def run(self, call: SpeechCall) -> list[int]:
+        """One hand-off as the reference's generator yields it: the units it gives the vocoder.
+
+        A call run until EOS loses its last unit (the reference yields ``units[:, :-1]``: the EOS,
+        or a real unit when the budget ran out first); a non-final call keeps every unit.
+        """
+        if call.filler:
+            units = list(call.filler)
+        else:
+            rows = self._fitting(call.rows)
+            units = self(rows, last=call.until_eos) if rows is not None or self.positions.text_len else []
+            units = units[:-1] if call.until_eos else units
+        if call.reset_after:
+            self.reset()
+        return units
+
+    def _fitting(self, rows: np.ndarray | None) -> np.ndarray | None:
+        """The rows that fit the text region; a full region takes no more text (the speech goes on)."""
+        if rows is None or self.text_capacity is None:
+            return rows
+        room = self.text_capacity - self.positions.text_len - 1  # one row kept for BOS on a first call
+        rows = rows[: max(0, room)]
+        return rows if rows.shape[0] else None
 
     def __call__(self, rows: np.ndarray | None, last: bool = False) -> list[int]:
         rule, decoder = self.rule, self._decoder
@@ -234,3 +274,109 @@ class StreamingUnits:
                 break
         self.all_units += generated
         return generated
+
+
+# --- the LLM side's hand-off schedule (streaming_generate_mtp) ----------------------------------
+
+DEFAULT_RESET_INTERVAL = 50  # VocalNetModelStream's reset_interval (packages exported before it was written)
+SENTENCE_ENDS = ".!?"  # streaming_generate_mtp's punctuation_set
+# What the reference hands the vocoder when a reply ends right after a reset (two CosyVoice2 ids,
+# fixed in its code); ids outside a package's unit vocabulary are dropped by the caller.
+FILLER_UNITS = (6324, 4137)
+
+
+@dataclass(frozen=True)
+class ChunkRule:
+    """How LLM steps are grouped for the speech decoder (the streaming call's arguments)."""
+
+    txt_token_num: int = 5  # text rows per non-final decoder call
+    reset_interval: int = DEFAULT_RESET_INTERVAL  # LLM steps before a sentence end may reset the decoder
+    sentence_ends: str = SENTENCE_ENDS
+    filler_units: tuple[int, ...] = FILLER_UNITS
+
+    def __post_init__(self) -> None:
+        if self.txt_token_num < 1 or self.reset_interval < 1:
+            raise EdgevoiceError("txt_token_num and reset_interval must be at least 1 (the reference uses 5 and 50)")
+
+    @classmethod
+    def from_config(cls, speech: dict) -> ChunkRule:
+        """From the manifest's ``speech`` section (``reset_interval`` defaults to the reference's 50)."""
+        return cls(txt_token_num=int(speech["txt_token_num"]),
+                   reset_interval=int(speech.get("reset_interval", DEFAULT_RESET_INTERVAL)))
+
+
+@dataclass(frozen=True)
+class SpeechCall:
+    """One hand-off to the speech decoder, as one yield of the reference's generator."""
+
+    rows: np.ndarray | None  # (R, D) new text rows; None: the decoder goes on from the text it has
+    until_eos: bool  # the reference's set_last_chunk(True): run to EOS, not ``speech_token_num`` units
+    reset_after: bool = False  # reset_streaming_cache() follows (reset_interval)
+    filler: tuple[int, ...] = ()  # units handed over without calling the decoder
+    end_of_reply: bool = False  # the vocoder's last chunk (is_last_speech_chunk)
+
+
+class TextChunker:
+    """``streaming_generate_mtp``'s schedule: each LLM step in, the decoder calls it triggers out.
+
+    A step is the token and the hidden state that produced it (D,); the end step is <|eot_id|>
+    with its own row, or, when the reply hits the length limit, the end row itself (the
+    reference's ``max_len`` path). The open *window* holds the steps not yet handed over. In the
+    reference's order, after adding a step:
+
+    1. reset: at least ``reset_interval`` steps since the last reset and the window's text
+       (decoded, special tokens skipped) ending in . ! or ? -> the window's rows plus the end row,
+       run to EOS, then the decoder is reset (the vocoder is not: the reply goes on);
+    2. chunk: ``txt_token_num`` rows in the window -> a non-final call with them;
+    3. end of reply:
+       a. the window holds rows besides the end step's -> they (the end step's row included) plus
+          the end row, run to EOS;
+       b. otherwise, fewer than 2 steps since the last reset (a reply that is only <|eot_id|>, or a
+          reset at this step or the one before) -> the fixed filler units;
+       c. otherwise -> no new text, run to EOS. So a reply whose text is a multiple of
+          ``txt_token_num`` never feeds <|eot_id|>'s row nor the end row, and one where
+          <|eot_id|> completes a chunk feeds that chunk as a non-final call first.
+    """
+
+    def __init__(self, rule: ChunkRule, end_row: np.ndarray, decode: Callable[[Sequence[int]], str]):
+        self.rule, self.decode = rule, decode
+        self.end_row = np.asarray(end_row, np.float32).reshape(1, -1)  # (1, D): embed(<|eot_id|>)
+        self.window_ids: list[int] = []
+        self.window_rows: list[np.ndarray] = []  # each (D,)
+        self.since_reset = 0  # steps since the last reset (the reference's punct_count - last_punct_reset)
+        self.ended = False
+
+    def step(self, token: int, row: np.ndarray, end: bool = False) -> list[SpeechCall]:
+        """Add one LLM step; ``end`` marks the last one (<|eot_id|> or the length limit)."""
+        if self.ended:
+            raise EdgevoiceError("this reply already ended; start a new TextChunker for the next reply")
+        self.window_ids.append(int(token))
+        self.window_rows.append(np.asarray(row, np.float32).reshape(-1))
+        self.since_reset += 1
+        calls = []
+        if self.since_reset >= self.rule.reset_interval and self._window_ends_sentence():
+            calls.append(SpeechCall(self._take_window(with_end_row=True), until_eos=True, reset_after=True))
+            self.since_reset = 0
+        if len(self.window_ids) >= self.rule.txt_token_num:
+            calls.append(SpeechCall(self._take_window(with_end_row=False), until_eos=False))
+        if end:
+            self.ended = True
+            calls.append(self._last_call())
+        return calls
+
+    def _window_ends_sentence(self) -> bool:
+        text = self.decode(self.window_ids)
+        return bool(text) and text[-1] in self.rule.sentence_ends
+
+    def _take_window(self, with_end_row: bool) -> np.ndarray | None:
+        rows = [r[None] for r in self.window_rows] + ([self.end_row] if with_end_row else [])
+        self.window_ids, self.window_rows = [], []
+        return np.concatenate(rows) if rows else None  # (R, D)
+
+    def _last_call(self) -> SpeechCall:
+        if len(self.window_ids) > 1:  # the end step is always the window's last
+            return SpeechCall(self._take_window(with_end_row=True), until_eos=True, end_of_reply=True)
+        self._take_window(with_end_row=False)  # the end step's row alone is never fed
+        if self.since_reset < 2:
+            return SpeechCall(None, until_eos=False, filler=self.rule.filler_units, end_of_reply=True)
+        return SpeechCall(None, until_eos=True, end_of_reply=True)

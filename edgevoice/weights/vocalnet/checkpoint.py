@@ -62,7 +62,8 @@ PROJECTOR_PREFIX = "model.speech_projector."
 GENERATOR_PREFIX = "speech_generator."
 WHISPER_ENCODER_PREFIX = "model.encoder."  # in the Whisper folder
 WHISPER_UNUSED_PREFIXES = ("model.decoder.", "proj_out.")  # loaded by the reference, never run
-BASE_MODEL_TYPES = {"omni_speech2s_llama": "llama", "omni_speech2s_qwen2": "qwen2"}
+# model_type of OmniSpeech2SConfig in omni_speech2s_llama.py / omni_speech2s_qwen2.py -> the LLM kind
+BASE_MODEL_TYPES = {"omni_speech2s_llama": "llama", "omni_speech2s_qwen": "qwen2"}
 
 
 @dataclass(frozen=True)
