@@ -244,7 +244,8 @@ def open_session(pipeline, recipe: str, io: AudioIO, options: SessionOptions, ev
     if recipe in VOCALNET_RECIPES:
         from edgevoice.runtime.vocalnet.session import VnSessionOptions, VocalNetSession
 
-        vn_options = VnSessionOptions(echo_cancellation=options.echo_cancellation, threaded=threaded)
+        vn_options = VnSessionOptions(echo_cancellation=options.echo_cancellation, threaded=threaded,
+                                      think_while_listening=options.think_while_listening)
         return VocalNetSession(pipeline, io, vn_options, events=events)
     session = DuplexSession(pipeline, io, replace(options, threaded=threaded), events=events)
     for tool in tools:
