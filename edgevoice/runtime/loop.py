@@ -36,6 +36,23 @@ def compute_takes_no_time(io: AudioIO) -> bool:
     return isinstance(io.clock, VirtualClock) and getattr(io, "pace", None) is None
 
 
+def first_audio_summary(io: AudioIO, history: list) -> dict[str, float | None]:
+    """A session summary's first-audio latencies (medians over turns): compute-inclusive estimates
+    beside the virtual clock's figure in file mode, the measured ones live."""
+    measured = _median_high(t[ev.FIRST_AUDIO] for t in ev.turn_latencies(history).values() if ev.FIRST_AUDIO in t)
+    if compute_takes_no_time(io):  # the virtual clock leaves the engines out: add the estimates
+        return {ESTIMATED_LIVE_KEY: _median_high(ev.estimated_live_first_audio(history).values()),
+                SPEECH_END_ESTIMATED_LIVE_KEY: _median_high(ev.estimated_live_after_speech_end(history).values()),
+                VIRTUAL_CLOCK_KEY: measured}
+    return {"first_audio_after_endpoint_s": measured,
+            SPEECH_END_KEY: _median_high(ev.first_audio_after_speech_end(history).values())}
+
+
+def _median_high(values) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
 class ListenLoop:
     """Echo-cancelled frames in, events out, reply audio to the speaker.
 

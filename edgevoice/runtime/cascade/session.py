@@ -45,14 +45,17 @@ import numpy as np
 from edgevoice.audio.io import AudioIO
 from edgevoice.audio.resample import resample
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.backchannel import BackchannelOptions, BackchannelScheduler, quiet_clip
+from edgevoice.runtime.backchannel import (
+    BackchannelOptions,
+    BackchannelScheduler,
+    quiet_clip,
+)
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.cascade.turn import EndOfTurnScorer, missing_model_notice
 from edgevoice.runtime.early_tools import Fate
 from edgevoice.runtime.events import EventBus
-from edgevoice.runtime.loop import (ESTIMATED_LIVE_KEY, SPEECH_END_ESTIMATED_LIVE_KEY, SPEECH_END_KEY, VIRTUAL_CLOCK_KEY,
-                                    ListenLoop, compute_takes_no_time)
+from edgevoice.runtime.loop import ListenLoop, first_audio_summary
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.tools import ToolOutcome, ToolRunner
 from edgevoice.runtime.turns import (
@@ -162,20 +165,10 @@ class DuplexSession(ListenLoop):
                 and not self.thinker.early.pending)
 
     def _recipe_summary(self) -> dict:
-        history = self.events.history()
-        measured = _median(t[ev.FIRST_AUDIO] for t in ev.turn_latencies(history).values() if ev.FIRST_AUDIO in t)
         summary = {"tool_calls": len(self.events.history(ev.TOOL_CALL)),
                    "early_tool_calls": len([e for e in self.events.history(ev.TOOL_CALL) if e.data.get("early")]),
                    "early_tool_calls_used": len(self.events.history(ev.EARLY_TOOL_USED))}
-        if compute_takes_no_time(self.io):
-            # The measured latency leaves the engines out: say so, and add the compute-inclusive estimate.
-            summary[ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_first_audio(history).values())
-            summary[SPEECH_END_ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_after_speech_end(history).values())
-            summary[VIRTUAL_CLOCK_KEY] = measured
-        else:
-            summary["first_audio_after_endpoint_s"] = measured
-            summary[SPEECH_END_KEY] = _median(ev.first_audio_after_speech_end(history).values())
-        return summary
+        return {**summary, **first_audio_summary(self.io, self.events.history())}
 
     def close(self) -> None:
         """Stop every stage: cancel the reply, end the workers, drop pending tool calls."""
@@ -448,7 +441,3 @@ class DuplexSession(ListenLoop):
     def _replies_in_flight(self) -> list[Generation]:
         return [gen for gen in (self._current, self._speculation) if gen is not None]
 
-
-def _median(values) -> float | None:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else None

@@ -45,10 +45,9 @@ answers, "drop" with the reason and its engine seconds).
 from __future__ import annotations
 
 import collections
-import statistics
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,14 +55,7 @@ import numpy as np
 from edgevoice.audio.io import AudioIO
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import EventBus
-from edgevoice.runtime.loop import (
-    ESTIMATED_LIVE_KEY,
-    SPEECH_END_ESTIMATED_LIVE_KEY,
-    SPEECH_END_KEY,
-    VIRTUAL_CLOCK_KEY,
-    ListenLoop,
-    compute_takes_no_time,
-)
+from edgevoice.runtime.loop import ListenLoop, first_audio_summary
 from edgevoice.runtime.reply import Generation
 from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
 from edgevoice.runtime.vocalnet.pipeline import ReplyStep, VocalNetPipeline
@@ -207,20 +199,10 @@ class VocalNetSession(ListenLoop):
         return ([self._current] if self._current is not None else []) + spec
 
     def _recipe_summary(self) -> dict:
-        history = self.events.history()
         starts = [e for e in self.events.history(SPECULATION) if e.data["stage"] == "start"]
         released = [e for e in self.events.history(ev.TURN_TAKEN) if e.data.get("speculative")]
         summary = {"speculations": len(starts), "speculations_released": len(released)}
-        measured = _median(t[ev.FIRST_AUDIO] for t in ev.turn_latencies(history).values() if ev.FIRST_AUDIO in t)
-        if compute_takes_no_time(self.io):
-            # The virtual clock leaves the engines out: add the compute-inclusive estimate.
-            summary[ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_first_audio(history).values())
-            summary[SPEECH_END_ESTIMATED_LIVE_KEY] = _median(ev.estimated_live_after_speech_end(history).values())
-            summary[VIRTUAL_CLOCK_KEY] = measured
-        else:
-            summary["first_audio_after_endpoint_s"] = measured
-            summary[SPEECH_END_KEY] = _median(ev.first_audio_after_speech_end(history).values())
-        return summary
+        return {**summary, **first_audio_summary(self.io, self.events.history())}
 
     # --- listen ------------------------------------------------------------------------------------
 
@@ -380,7 +362,3 @@ class VocalNetSession(ListenLoop):
     def _agent_done(self, gen: Generation) -> None:
         self._emit_turn(ev.AGENT_DONE, self._reply_turn, samples=gen.reply.written)
 
-
-def _median(values: Iterable[float]) -> float | None:
-    ordered = list(values)
-    return statistics.median_high(ordered) if ordered else None
