@@ -34,6 +34,9 @@ def talk(
     think_while_listening: bool = typer.Option(True, help="Prepare the answer while the user is still speaking."),
     semantic_endpointing: bool = typer.Option(True, help="End turns on the package's end-of-turn model (a thinking "
                                               "pause is not the end); off: a fixed 600 ms of silence."),
+    text_endpointing: bool = typer.Option(True, help="Cascade: the transcript votes too (unfinished words such as "
+                                          "\"I would like to know\" hold the turn); needs semantic endpointing and "
+                                          "think while listening."),
     backchannels: bool = typer.Option(False, help="Cascade: say a quiet \"mhm\" now and then at pauses of a long "
                                       "user turn (never over the user, at most one per 6 s of their speech)."),
     knowledge: Path = typer.Option(None, help="Cascade: a text/markdown file or folder of the deployment's facts "
@@ -68,7 +71,7 @@ def talk(
     if echo_cancellation is None:
         echo_cancellation = input is None
     options = SessionOptions(echo_cancellation=echo_cancellation, think_while_listening=think_while_listening,
-                             semantic_endpointing=semantic_endpointing,
+                             semantic_endpointing=semantic_endpointing, text_endpointing=text_endpointing,
                              backchannels=BackchannelOptions() if backchannels else None)
     agent = Agent(package, backend=backend, device=device, system_prompt=system_prompt,
                   max_new_tokens=max_new_tokens, seed=seed, options=options, knowledge=knowledge)

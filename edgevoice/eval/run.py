@@ -81,6 +81,7 @@ class Runner:
         return SessionOptions(echo_cancellation=options.cancels_echo,
                               think_while_listening=options.think_while_listening,
                               semantic_endpointing=options.semantic_endpointing,
+                              text_endpointing=options.text_endpointing,
                               backchannels=BackchannelOptions() if options.agent_backchannels else None)
 
     def _forget(self) -> None:

@@ -96,7 +96,7 @@ def _options_line(options) -> str:
     speakers = f"open speakers, echo {options.echo_delay_s * 1000:.0f} ms" if options.open_speakers else "headset"
     flags = [f"echo cancellation {'on' if options.cancels_echo else 'off'}"]
     flags += [name.replace("_", " ") for name in ("agent_backchannels",) if getattr(options, name)]
-    flags += [f"no {name.replace('_', ' ')}" for name in ("think_while_listening", "semantic_endpointing")
+    flags += [f"no {name.replace('_', ' ')}" for name in ("think_while_listening", "semantic_endpointing", "text_endpointing")
               if not getattr(options, name)]
     return ", ".join([speakers, *flags])
 

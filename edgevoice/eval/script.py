@@ -51,6 +51,7 @@ class ConversationOptions:
     agent_backchannels: bool = False  # the agent may say "mhm" at pauses of a long user turn (cascade)
     think_while_listening: bool = True
     semantic_endpointing: bool = True
+    text_endpointing: bool = True  # the transcript's end-of-turn vote (cascade)
 
 
     @property
