@@ -1,5 +1,5 @@
 """End of user speech -> first agent audio in a live-like duplex session, with and without
-think-while-listening.
+think-while-listening, and with the words' end-of-turn vote on and off.
 
 The session runs as on a sound card: stages on their own threads, the microphone paced at real
 time (``FileIO(pace=1.0)``), so model compute competes with listening exactly as it would live.
@@ -45,11 +45,19 @@ def conversation(gap_s: float) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def measure(pipeline: CascadePipeline, think_while_listening: bool, recording: np.ndarray) -> list[dict]:
+# (result key, session options): think-while-listening off; on with the words' end-of-turn vote
+# (the default); on with the audio model deciding alone.
+MODES = (
+    ("without", {"think_while_listening": False}),
+    ("with_think_while_listening", {"think_while_listening": True}),
+    ("with_think_while_listening_no_words", {"think_while_listening": True, "text_endpointing": False}),
+)
+
+
+def measure(pipeline: CascadePipeline, options: dict, recording: np.ndarray) -> list[dict]:
     pipeline.history.clear()
     io = FileIO(recording, recording_rate=RATE, mic_rate=RATE, speaker_rate=pipeline.voice.sample_rate, pace=1.0)
-    session = DuplexSession(pipeline, io, SessionOptions(think_while_listening=think_while_listening,
-                                                         echo_cancellation=False))
+    session = DuplexSession(pipeline, io, SessionOptions(echo_cancellation=False, **options))
     with io:
         session.run(len(recording) / RATE)
     session.close()
@@ -60,7 +68,9 @@ def measure(pipeline: CascadePipeline, think_while_listening: bool, recording: n
         if audio:
             turns.append({"transcript": text[-1] if text else "",
                           "from_speech_end_s": round(audio[0].time - end.data["speech_end"], 3),
-                          "from_endpoint_s": round(audio[0].time - end.time, 3)})
+                          "from_endpoint_s": round(audio[0].time - end.time, 3),
+                          "endpoint_silence_ms": end.data["silence_ms"], "endpoint": end.data["endpoint"],
+                          "text_eot_prob": end.data.get("text_eot_prob")})
     return turns
 
 
@@ -74,12 +84,12 @@ def main() -> None:
     pipeline = CascadePipeline(args.package)
     recording = conversation(args.gap)
     result = {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()}
-    for mode in (False, True):
-        turns = [t for _ in range(args.repeats) for t in measure(pipeline, mode, recording)]
-        key = "with_think_while_listening" if mode else "without"
+    for key, options in MODES:
+        turns = [t for _ in range(args.repeats) for t in measure(pipeline, options, recording)]
         result[key] = {"turns": turns,
                        "median_from_speech_end_s": statistics.median(t["from_speech_end_s"] for t in turns),
-                       "median_from_endpoint_s": statistics.median(t["from_endpoint_s"] for t in turns)}
+                       "median_from_endpoint_s": statistics.median(t["from_endpoint_s"] for t in turns),
+                       "median_endpoint_silence_ms": statistics.median(t["endpoint_silence_ms"] for t in turns)}
     result["load_average_at_end"] = os.getloadavg()
     text = json.dumps(result, indent=2)
     print(text)

@@ -3,18 +3,26 @@
 The same espeak-ng audio goes, frame by frame (512 samples at 16 kHz, 32 ms), through each policy:
 the VAD alone (``VadTurnPolicy``, 600 ms and 300 ms endpoints), ``SemanticTurnPolicy`` with the
 package's end-of-turn model (each score request answered in the frame it is made; also with the
-re-checks turned off, one score per silence), and the peer, pipecat's ``LocalSmartTurnAnalyzerV3``
+re-checks turned off, one score per silence; and with the words' vote, the session's default:
+Whisper and the LLM score the transcript at the speculation point, and the vote counts only once
+their measured compute has passed), and the peer, pipecat's ``LocalSmartTurnAnalyzerV3``
 behind pipecat's own Silero VAD analyzer, driven the way pipecat's
 ``TurnAnalyzerUserTurnStopStrategy`` drives it (one score when the VAD reports a stop
 after ``stop_secs``, the analyzer's own silence timeout otherwise; ``wait_for_transcript=False``,
-so no STT wait is added). No wall clock decides anything: pipecat's analyzer reads a virtual
-``time.monotonic``.
+so no STT wait is added). Apart from the words' compute, no wall clock decides anything: pipecat's analyzer reads a
+virtual ``time.monotonic``.
 
 Two sets, built at run time (espeak-ng voices and rates varied, sox resampling without dither):
 "pause" items, a sentence with a 0.7-1.5 s thinking pause in the middle, and "complete" items, a
 whole question or statement. Each item: 0.5 s of silence, the speech, 2.5 s of silence.
 
-    python benchmarks/turn_taking_bench.py [--package engines/cpu] [--pause-items 24] [--complete-items 24] [--no-peer]
+    python benchmarks/turn_taking_bench.py [--package engines/cpu] [--pause-items 24] [--complete-items 24] [--no-peer] [--no-words]
+        [--real-speech [--real-recordings beckett.wav,two_cities.wav]]
+
+``--real-speech`` adds human read speech, cut the same way into pause and complete items (see
+``benchmarks/turn_taking_real.py``: read prosody, pauses stretched by inserted silence); each item
+has a ``source`` ("espeak" or the recording), and ``results_by_source`` gives the results per policy
+for the espeak and the real items apart (``results``: all of them together).
 
 Measures, per policy: false cut-offs (the turn taken before the end of a pause item's speech),
 endpoint delay on complete items (end of speech -> turn taken: median, p90), early turns on
@@ -35,9 +43,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside it
+
+from turn_taking_score import judge, percentile, results_by_source, summarize  # noqa: E402
 
 RATE = 16000
 FRAME = 512  # one VAD frame: 32 ms
@@ -132,12 +143,16 @@ class Item:
     audio: np.ndarray = field(repr=False)
     speech_end: float  # seconds: end of the last word
     pause: tuple[float, float] | None = None  # (start, end) of the thinking pause, seconds
+    source: str = "espeak"  # or the recording a real item was cut from (benchmarks/turn_taking_real.py)
+    detail: dict = field(default_factory=dict)  # a real item's sample spans and transcripts
 
     def summary(self) -> dict:
-        out = {"kind": self.kind, "text": self.text, "voice": self.voice, "rate": self.rate,
+        out = {"kind": self.kind, "source": self.source, "text": self.text, "voice": self.voice, "rate": self.rate,
                "speech_end_s": round(self.speech_end, 3)}
         if self.pause:
             out["pause_s"] = [round(self.pause[0], 3), round(self.pause[1], 3)]
+        if self.detail:
+            out["detail"] = self.detail
         return out
 
 
@@ -169,6 +184,14 @@ def build_set(pause_items: int, complete_items: int) -> list[Item]:
     return items
 
 
+def build_real(vad, asr, recordings: list[str]) -> list[Item]:
+    """Human read speech cut into pause and complete items (``benchmarks/turn_taking_real.py``)."""
+    from turn_taking_real import build_real_set
+
+    made = build_real_set(vad, lambda pcm: asr.transcribe(pcm, RATE).text, recordings)
+    return [Item(r.kind, r.text, "human reader", 0, r.audio, r.speech_end, r.pause, r.source, r.detail) for r in made]
+
+
 def frames(audio: np.ndarray) -> np.ndarray:
     usable = audio.size // FRAME * FRAME
     return audio[:usable].reshape(-1, FRAME)
@@ -191,7 +214,33 @@ class Timed:
         return prob
 
 
-def run_ours(policy, item: Item, probs: np.ndarray, score=None) -> dict:
+class Words:
+    """The words' vote as a session makes it (``runtime/cascade/text_turn``): the package's Whisper
+    on the turn's audio so far, then the LLM's end-of-turn probability of the transcript; each
+    call's duration is kept, and the vote reaches the policy that much later (compute included)."""
+
+    def __init__(self, package: str, speculate_after_ms: float):
+        from edgevoice.runtime.cascade.pipeline import CascadePipeline
+        from edgevoice.runtime.cascade.thinking import CascadeThinker
+        from edgevoice.runtime.workers import Worker
+
+        inline = Worker("think", False, lambda stage, exc: None)
+        self.pipeline = CascadePipeline(package)
+        self.thinker = CascadeThinker(self.pipeline, inline, inline, lambda *a, **k: None, 22050)
+        self.speculate_after_ms = speculate_after_ms
+        self.ms: list[float] = []
+
+    def __call__(self, pcm: np.ndarray) -> tuple[str, float | None, float]:
+        """(transcript, probability or None, seconds it took)."""
+        start = time.perf_counter()
+        transcript = self.pipeline.asr.transcribe(pcm, RATE).text.strip()
+        prob = self.thinker.words_end_probability(transcript)
+        seconds = time.perf_counter() - start
+        self.ms.append(seconds * 1e3)
+        return transcript, prob, seconds
+
+
+def run_ours(policy, item: Item, probs: np.ndarray, score=None, words: Words | None = None) -> dict:
     """Feed one item to a fresh policy, as ``DuplexSession._listen`` does; the first turn taken ends it."""
     from edgevoice.runtime.cascade.session import USER_MARGIN_S
     from edgevoice.runtime.turns import Decision, TurnState
@@ -200,6 +249,7 @@ def run_ours(policy, item: Item, probs: np.ndarray, score=None) -> dict:
     margin = max(1, int(USER_MARGIN_S * RATE / FRAME))
     heard_from: int | None = None  # first frame of the turn's audio (the margin before the onset included)
     scores = []
+    votes: dict[float, dict] = {}  # speech end -> the words' vote for its silence (due at its "at_s")
     for k, chunk in enumerate(chunks):
         now = (k + 1) * FRAME / RATE
         level = float(np.sqrt(np.mean(chunk * chunk)))
@@ -214,152 +264,35 @@ def run_ours(policy, item: Item, probs: np.ndarray, score=None) -> dict:
             prob = score(window)
             scores.append({"at_s": round(now, 3), "silence_ms": round(request.silence_ms, 1), "prob": round(prob, 4)})
             decision = policy.score(now, request, prob)
+        if words is not None and decision is Decision.NONE and heard_from is not None:
+            decision = _hear_words(policy, words, votes, now, chunks[heard_from : k + 1])
         if decision is Decision.END_OF_TURN:
             assert policy.state is TurnState.THINKING
             end = policy.turn_end
-            return {"turn_s": round(now, 3), "by": end.by, "eot_prob": end.eot_prob, "scores": scores}
-    return {"turn_s": None, "by": None, "eot_prob": None, "scores": scores}
+            return {"turn_s": round(now, 3), "by": end.by, "eot_prob": end.eot_prob, "scores": scores,
+                    **({"words": list(votes.values())} if words is not None else {})}
+    return {"turn_s": None, "by": None, "eot_prob": None, "scores": scores,
+            **({"words": list(votes.values())} if words is not None else {})}
 
 
-# --- the peer: pipecat ---------------------------------------------------------------------------
+def _hear_words(policy, words: Words, votes: dict, now: float, heard: np.ndarray):
+    """Start the words' vote once a silence reaches the speculation point; deliver it when due."""
+    from edgevoice.runtime.turns import Decision, TurnState
 
-
-class Pipecat:
-    """pipecat's Silero VAD analyzer and LocalSmartTurnAnalyzerV3 with pipecat's defaults."""
-
-    def __init__(self):
-        import asyncio
-
-        from loguru import logger
-
-        logger.remove()  # pipecat logs every analysis at DEBUG
-        from pipecat.audio.turn.smart_turn import base_smart_turn
-        from pipecat.audio.turn.smart_turn.local_smart_turn_v3 import LocalSmartTurnAnalyzerV3
-
-        # The analyzer's buffer timestamps and its pre-speech cut follow the frames, not the wall clock.
-        self.now = 0.0
-        base_smart_turn.time = SimpleNamespace(monotonic=lambda: self.now, perf_counter=time.perf_counter)
-        self.loop = asyncio.new_event_loop()
-        self.analyzer = LocalSmartTurnAnalyzerV3(sample_rate=RATE)
-        self.analyzer.set_sample_rate(RATE)
-        self.ms: list[float] = []
-
-    def vad(self):
-        from pipecat.audio.vad.silero import SileroVADAnalyzer
-
-        vad = SileroVADAnalyzer(sample_rate=RATE)
-        vad.set_sample_rate(RATE)
-        return vad
-
-    @property
-    def settings(self) -> dict:
-        from pipecat.audio.vad.vad_analyzer import VADParams
-
-        p, t = VADParams(), self.analyzer.params
-        return {"vad": {"confidence": p.confidence, "start_secs": p.start_secs, "stop_secs": p.stop_secs,
-                        "min_volume": p.min_volume},
-                "smart_turn": {"stop_secs": t.stop_secs, "pre_speech_ms": t.pre_speech_ms,
-                               "max_duration_secs": t.max_duration_secs},
-                "wait_for_transcript": False}
-
-    def run(self, item: Item) -> dict:
-        vad = self.vad()
-        try:
-            return self._run(item, vad)
-        finally:
-            self.analyzer.clear()
-            self.loop.run_until_complete(vad.cleanup())  # its model thread
-
-    def _run(self, item: Item, vad) -> dict:
-        """The VAD's start/stop reach the strategy before the audio frame that raised them, as in pipecat."""
-        from pipecat.audio.turn.base_turn_analyzer import EndOfTurnState
-        from pipecat.audio.vad.vad_analyzer import VADState
-
-        analyzer = self.analyzer
-        analyzer.clear()
-        speaking, vad_state, scores = False, VADState.QUIET, []
-        pcm16 = np.clip(np.round(item.audio * 32767), -32768, 32767).astype(np.int16)
-        for k, chunk in enumerate(frames(pcm16)):
-            now = (k + 1) * FRAME / RATE
-            self.now = now
-            data = chunk.tobytes()
-            state = self.loop.run_until_complete(vad.analyze_audio(data))
-            complete = False
-            if state != vad_state and state in (VADState.SPEAKING, VADState.QUIET):
-                vad_state = state
-                if state is VADState.SPEAKING:  # VADUserStartedSpeakingFrame
-                    analyzer.update_vad_start_secs(vad.params.start_secs)
-                    speaking = True
-                else:  # VADUserStoppedSpeakingFrame: one score of the turn so far
-                    speaking = False
-                    verdict, metrics = self.loop.run_until_complete(analyzer.analyze_end_of_turn())
-                    if metrics is not None:
-                        self.ms.append(metrics.e2e_processing_time_ms)
-                        scores.append({"at_s": round(now, 3), "prob": round(metrics.probability, 4)})
-                    complete = verdict == EndOfTurnState.COMPLETE
-                    by = "model"
-            if not complete and analyzer.append_audio(data, speaking) == EndOfTurnState.COMPLETE:
-                complete, by = True, "stop_secs"
-            if complete:
-                return {"turn_s": round(now, 3), "by": by, "eot_prob": scores[-1]["prob"] if scores else None,
-                        "scores": scores}
-        return {"turn_s": None, "by": None, "eot_prob": None, "scores": scores}
-
-
-# --- outcome ----------------------------------------------------------------------------------
-
-
-def judge(item: Item, outcome: dict, late_ms: float) -> dict:
-    """Where the turn fell: before the end of speech (a cut-off), how long after it, or never."""
-    turn = outcome["turn_s"]
-    verdict = {"turn_s": turn, "by": outcome["by"], "eot_prob": outcome["eot_prob"], "scores": outcome["scores"]}
-    if turn is None:
-        return {**verdict, "result": "missed", "delay_ms": None}
-    delay_ms = (turn - item.speech_end) * 1e3
-    if delay_ms < 0:
-        in_pause = item.pause is not None and item.pause[0] <= turn <= item.pause[1] + 0.3
-        return {**verdict, "result": "cut_off_in_pause" if in_pause else "cut_off", "delay_ms": round(delay_ms, 1)}
-    return {**verdict, "result": "late" if delay_ms > late_ms else "taken", "delay_ms": round(delay_ms, 1)}
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
-
-
-def summarize(items: list[Item], verdicts: list[dict]) -> dict:
-    pause = [v for it, v in zip(items, verdicts) if it.kind == "pause"]
-    complete = [v for it, v in zip(items, verdicts) if it.kind == "complete"]
-    cut = [v for v in pause if v["result"].startswith("cut_off")]
-    delays = [v["delay_ms"] for v in complete if v["delay_ms"] is not None and v["delay_ms"] >= 0]
-    pause_delays = [v["delay_ms"] for v in pause if v["delay_ms"] is not None and v["delay_ms"] >= 0]
-    median = statistics.median(delays) if delays else None
-    rate = len(cut) / len(pause) if pause else None
-    return {
-        "pause_items": len(pause),
-        "false_cutoffs": len(cut),
-        "false_cutoffs_in_pause": sum(v["result"] == "cut_off_in_pause" for v in pause),
-        "false_cutoff_rate": rate,
-        "complete_items": len(complete),
-        "complete_cut_early": sum(v["result"].startswith("cut_off") for v in complete),
-        "endpoint_delay_ms": {"median": rounded(median), "p90": percentile(delays, 0.9), "n": len(delays)},
-        "complete_taken_within_ms": {str(limit): sum(d <= limit for d in delays) for limit in (300, 500, 1000)},
-        "pause_items_endpoint_delay_ms": {"median": rounded(statistics.median(pause_delays) if pause_delays else None),
-                                          "p90": percentile(pause_delays, 0.9), "n": len(pause_delays)},
-        "late": {"pause": sum(v["result"] == "late" for v in pause),
-                 "complete": sum(v["result"] == "late" for v in complete)},
-        "missed": {"pause": sum(v["result"] == "missed" for v in pause),
-                   "complete": sum(v["result"] == "missed" for v in complete)},
-        "turn_taken_by": {str(by): sum(v["by"] == by for v in verdicts) for by in {v["by"] for v in verdicts}},
-        "meets_aims": {"false_cutoffs_le_5pct": rate is not None and rate <= 0.05,
-                       "median_delay_le_300ms": median is not None and median <= 300.0},
-    }
+    end = policy.last_speech
+    if policy.state is TurnState.USER_SPEAKING and end is not None and end not in votes \
+            and (now - end) * 1000 >= words.speculate_after_ms:
+        transcript, prob, seconds = words(heard.reshape(-1))
+        votes[end] = {"at_s": round(now + seconds, 3), "transcript": transcript,
+                      "prob": None if prob is None else round(prob, 5), "compute_ms": round(seconds * 1e3, 1),
+                      "delivered": False}
+    decision = Decision.NONE
+    for speech_end, vote in votes.items():
+        if not vote["delivered"] and now >= vote["at_s"]:
+            vote["delivered"] = True
+            verdict = policy.text_score(now, speech_end, vote["prob"])
+            decision = verdict if verdict is not Decision.NONE else decision
+    return decision
 
 
 def machine() -> str:
@@ -383,10 +316,12 @@ def tool_version(command: list[str]) -> str:
 # --- main -----------------------------------------------------------------------------------------
 
 
-def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms: float = 1000.0) -> dict:
+def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms: float = 1000.0,
+        with_words: bool = True, real_speech: list[str] | None = None) -> dict:
     import onnxruntime
 
     from edgevoice.manifest import read_manifest
+    from edgevoice.runtime.cascade.session import SessionOptions
     from edgevoice.runtime.cascade.turn import EndOfTurnModel
     from edgevoice.runtime.turns import SemanticTurnPolicy, TurnOptions, VadTurnPolicy
     from edgevoice.runtime.vad import VadPipeline
@@ -410,18 +345,31 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
         "semantic": lambda: SemanticTurnPolicy(TurnOptions()),
         # The same model asked once per silence, as pipecat asks it: no re-checks before eot_max_silence_ms.
         "semantic_one_check": lambda: SemanticTurnPolicy(TurnOptions(eot_recheck_ms=ONE_CHECK_RECHECK_MS)),
+        # The session's default: the audio model and the words' vote (Whisper + LLM at the speculation
+        # point, delivered after their measured compute).
+        "semantic_words": lambda: SemanticTurnPolicy(TurnOptions(), text_gate=True),
     }
+    words = Words(package, SessionOptions().speculate_after_ms) if with_words else None
+    if words is None:
+        del policies["semantic_words"]
+    if real_speech:  # labelled by the package's Whisper: the words' vote's pipeline when it is open
+        from edgevoice.runtime.cascade.pipeline import CascadePipeline
+
+        items += build_real(vad, words.pipeline.asr if words is not None else CascadePipeline(package).asr, real_speech)
     verdicts: dict[str, list[dict]] = {name: [] for name in policies}
-    pipecat = Pipecat() if peer else None
+    if peer:
+        from turn_taking_peer import Pipecat
+    pipecat = Pipecat(RATE, FRAME) if peer else None
     if pipecat is not None:
         verdicts["pipecat_smart_turn_v3"] = []
     for item in items:
         probs = vad.probabilities(item.audio, RATE)
         for name, make in policies.items():
-            outcome = run_ours(make(), item, probs, timed if name.startswith("semantic") else None)
+            outcome = run_ours(make(), item, probs, timed if name.startswith("semantic") else None,
+                               words if name == "semantic_words" else None)
             verdicts[name].append(judge(item, outcome, late_ms))
         if pipecat is not None:
-            verdicts["pipecat_smart_turn_v3"].append(judge(item, pipecat.run(item), late_ms))
+            verdicts["pipecat_smart_turn_v3"].append(judge(item, pipecat.run(item.audio), late_ms))
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
                 "espeak-ng": tool_version(["espeak-ng", "--version"]), "sox": tool_version(["sox", "--version"])}
@@ -443,22 +391,31 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
         "aims": {"false_cutoff_rate_max": 0.05, "median_endpoint_delay_ms_max": 300.0},
         "settings": {
             "semantic": {k: getattr(options, k) for k in ("eot_first_check_ms", "eot_threshold", "eot_recheck_ms",
-                                                          "eot_max_silence_ms", "threshold", "min_level")},
+                                                          "eot_max_silence_ms", "threshold", "min_level",
+                                                          "text_eot_threshold")},
+            **({"semantic_words": {"speculate_after_ms": words.speculate_after_ms}} if words is not None else {}),
             **({"pipecat_smart_turn_v3": pipecat.settings} if pipecat is not None else {}),
         },
         "set": {"pause_items": sum(i.kind == "pause" for i in items),
                 "complete_items": sum(i.kind == "complete" for i in items),
-                "voices": sorted({f"{i.voice} -s {i.rate}" for i in items}),
-                "pause_s": sorted({round(pause_seconds(k), 1) for k in range(sum(i.kind == 'pause' for i in items))}),
-                "lead_s": LEAD_S, "tail_s": TAIL_S},
+                "voices": sorted({f"{i.voice} -s {i.rate}" for i in items if i.source == "espeak"}),
+                "pause_s": sorted({round(i.pause[1] - i.pause[0], 1) for i in items if i.pause}),
+                "lead_s": LEAD_S, "tail_s": TAIL_S,
+                "by_source": {src: {kind: sum(i.source == src and i.kind == kind for i in items)
+                                    for kind in ("pause", "complete")} for src in dict.fromkeys(i.source for i in items)}},
         "score_cost_ms": {
             "edgevoice_turn_model": {"median": statistics.median(timed.ms) if timed.ms else None,
                                      "p90": percentile(timed.ms, 0.9), "n": len(timed.ms), "threads": ours_threads},
+            **({"edgevoice_words_vote": {"median": statistics.median(words.ms) if words.ms else None,
+                                         "p90": percentile(words.ms, 0.9), "n": len(words.ms),
+                                         "what": "Whisper on the turn so far + one LLM prefill"}}
+               if words is not None else {}),
             **({"pipecat_smart_turn_v3": {"median": statistics.median(pipecat.ms) if pipecat.ms else None,
                                           "p90": percentile(pipecat.ms, 0.9), "n": len(pipecat.ms), "threads": 1}}
                if pipecat is not None else {}),
         },
         "results": {name: summarize(items, v) for name, v in verdicts.items()},
+        "results_by_source": results_by_source(items, verdicts),
         "items": [{**item.summary(), "policies": {name: verdicts[name][k] for name in verdicts}}
                   for k, item in enumerate(items)],
     }
@@ -471,13 +428,20 @@ def main() -> None:
     parser.add_argument("--pause-items", type=int, default=len(PAUSE_ITEMS))
     parser.add_argument("--complete-items", type=int, default=len(COMPLETE_ITEMS))
     parser.add_argument("--no-peer", action="store_true", help="skip pipecat's analyzer")
+    parser.add_argument("--no-words", action="store_true", help="skip the words' vote (Whisper + LLM per silence)")
+    parser.add_argument("--real-speech", action="store_true",
+                        help="add human read speech (pip install --no-deps moonshine-voice==0.1.5)")
+    parser.add_argument("--real-recordings", default="beckett.wav,two_cities.wav,endgame_nagg_nell.wav,clone-test.wav",
+                        help="with --real-speech: which of the wheel's recordings, comma-separated")
     parser.add_argument("--late-ms", type=float, default=1000.0, help="an endpoint delay above this is a late turn")
     parser.add_argument("--out", help="write the JSON here (default: benchmarks/results/ if it exists, else stdout)")
     args = parser.parse_args()
     if not 0 < args.pause_items <= len(PAUSE_ITEMS) or not 0 < args.complete_items <= len(COMPLETE_ITEMS):
         parser.error(f"--pause-items must be 1..{len(PAUSE_ITEMS)} and --complete-items 1..{len(COMPLETE_ITEMS)}")
 
-    report = run(args.package, args.pause_items, args.complete_items, peer=not args.no_peer, late_ms=args.late_ms)
+    report = run(args.package, args.pause_items, args.complete_items, peer=not args.no_peer, late_ms=args.late_ms,
+                 with_words=not args.no_words,
+                 real_speech=args.real_recordings.split(",") if args.real_speech else None)
     text = json.dumps(report, indent=2)
     out = Path(args.out) if args.out else None
     results_dir = Path(__file__).resolve().parent / "results"
@@ -488,7 +452,13 @@ def main() -> None:
     else:
         out.write_text(text + "\n")
         print(f"wrote {out}", file=sys.stderr)
-    for name, r in report["results"].items():
+    for source, results in [("all", report["results"])] + list(report["results_by_source"].items()):
+        print(f"-- {source} items", file=sys.stderr)
+        print_results(results)
+
+
+def print_results(results: dict) -> None:
+    for name, r in results.items():
         d = r["endpoint_delay_ms"]
         print(f"{name}: false cut-offs {r['false_cutoffs']}/{r['pause_items']}, "
               f"delay median {d['median']} p90 {d['p90']} ms, late {r['late']}, missed {r['missed']}, "

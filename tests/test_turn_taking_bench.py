@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FRAME_MS = 32.0
-POLICIES = ("vad_600ms", "vad_300ms", "semantic", "semantic_one_check")
+POLICIES = ("vad_600ms", "vad_300ms", "semantic", "semantic_one_check", "semantic_words")
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +78,19 @@ def test_semantic_policy_scores_and_ends_turns(report):
         assert verdict["by"] in ("model", "max_silence") and verdict["turn_s"] is not None
         if verdict["by"] == "model":
             assert verdict["eot_prob"] >= settings["eot_threshold"]
+
+
+def test_the_words_vote_counts_only_after_its_compute(report):
+    settings = report["settings"]
+    speculate_s = settings["semantic_words"]["speculate_after_ms"] / 1000
+    assert report["score_cost_ms"]["edgevoice_words_vote"]["n"] >= 4
+    for item in report["items"]:
+        verdict = item["policies"]["semantic_words"]
+        assert verdict["words"], "every silence past the speculation point gets a vote"
+        last = verdict["words"][-1]
+        assert last["transcript"] and 0.0 <= last["prob"] <= 1.0 and last["compute_ms"] > 0
+        if verdict["by"] == "model":  # taken on both votes: never before the words' vote was due
+            assert verdict["turn_s"] >= last["at_s"] and last["prob"] >= settings["semantic"]["text_eot_threshold"]
+            assert last["at_s"] >= item["speech_end_s"] + speculate_s + last["compute_ms"] / 1000 - 0.1
+    first_pause_vote = report["items"][0]["policies"]["semantic_words"]["words"][0]
+    assert first_pause_vote["prob"] < settings["semantic"]["text_eot_threshold"]  # "I would like to know"
