@@ -92,7 +92,8 @@ def test_trt_provider_gets_the_manifest_profile(vad):
     configured = provider_options(["TensorrtExecutionProvider", "CPUExecutionProvider"], component, "/tmp/trt-cache")
     name, options = configured[0]
     assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_path"] == "/tmp/trt-cache"
-    assert options["trt_profile_max_shapes"] == "chunk:1x512,context:1x64,lstm:2x1x128"
+    batch = component.dynamic_dims["batch"].max  # sessions the target holds (export/budget.BatchRange)
+    assert options["trt_profile_max_shapes"] == f"chunk:{batch}x512,context:{batch}x64,lstm:2x{batch}x128"
     assert configured[1] == "CPUExecutionProvider"
 
 

@@ -69,6 +69,14 @@ def everything(client: Client) -> str:
     return " ".join(json.dumps(e.data) for e in client.events.history()).lower()
 
 
+def turn_log(client: Client) -> str:
+    """The conversation's turn-taking and text events, for a failure message."""
+    kinds = (ev.USER_SPEECH_START, ev.USER_SPEECH_END, ev.TURN_TAKEN, ev.TRANSCRIPT, ev.TEXT_END_OF_TURN,
+             ev.BARGE_IN, ev.REPLY_TEXT, ev.FIRST_AUDIO, ev.AGENT_DONE)
+    return "\n".join(f"{e.time:.3f} {e.kind} {json.dumps(e.data, default=str)}" for e in client.events.history()
+                     if e.kind in kinds)
+
+
 def wait_until_free(server, timeout: float = 30.0) -> None:
     """Conversations of an earlier test end on the server a little after their clients left."""
     deadline = time.monotonic() + timeout
@@ -85,7 +93,8 @@ def test_two_concurrent_conversations_get_their_own_answers_and_tools(server):
     weather.start(weather_io)
     assert japan.wait(180) and weather.wait(180)
     assert len(set(japan.session_ids + weather.session_ids)) == 2
-    assert "japan" in said(japan, ev.TRANSCRIPT)[-1].lower() and "Tokyo" in " ".join(said(japan, ev.REPLY_TEXT))
+    assert "japan" in said(japan, ev.TRANSCRIPT)[-1].lower() and "Tokyo" in " ".join(said(japan, ev.REPLY_TEXT)), \
+        turn_log(japan)
     # The tool registered on the server ran for the conversation that asked, and only there.
     [call] = weather.events.history(ev.TOOL_CALL)
     assert call.data["name"] == "weather" and call.data["arguments"] == {"city": "Paris"}
