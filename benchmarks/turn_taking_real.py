@@ -128,7 +128,7 @@ def speech_spans(audio: np.ndarray, vad) -> list[tuple[int, int]]:
 
     options = VadOptions(min_silence_ms=MIN_PAUSE_MS, speech_pad_ms=0.0)
     segments = speech_segments(vad.probabilities(audio, RATE), vad.chunk_seconds, options)
-    return [(int(round(s.start * RATE)), min(audio.size, int(round(s.end * RATE)))) for s in segments]
+    return [(round(s.start * RATE), min(audio.size, round(s.end * RATE))) for s in segments]
 
 
 def words(text: str) -> list[str]:
@@ -260,7 +260,7 @@ def pause_item(reading: Reading, first: int, last: int, cut: int, pause_s: float
     start, stop = sentence_region(reading, first, last)
     left, right = reading.spans[cut], reading.spans[cut + 1]
     gap = right.start - left.end
-    inserted = int(round(pause_s * RATE)) - gap
+    inserted = round(pause_s * RATE) - gap
     if inserted <= 0:
         return None
     middle = left.end + gap // 2  # the recorded pause keeps its edges: breath, word decay

@@ -60,7 +60,7 @@ def test_real_set_has_both_kinds_with_their_transcripts(beckett):
         assert all(text.strip() for _, _, text in item.detail["spans"])
         assert item.text.rstrip()[-1] in ".?!", "every item ends a sentence as the reading is labelled"
         # 0.5 s of digital silence before the speech, 2.5 s after it (and the recorded edge, <= 0.1 s).
-        lead, tail_from = int(real.LEAD_S * RATE), int(round(item.speech_end * RATE))
+        lead, tail_from = int(real.LEAD_S * RATE), round(item.speech_end * RATE)
         assert not item.audio[:lead].any() and np.abs(item.audio[lead : lead + 4800]).max() > 0.01
         assert 2.5 <= item.audio.size / RATE - item.speech_end <= 2.5 + real.EDGE_S + 1e-3
         assert np.abs(item.audio[tail_from + int(real.EDGE_S * RATE) + 1 :]).max() == 0.0
@@ -78,7 +78,7 @@ def test_pause_items_stretch_a_reader_pause_with_inserted_silence_only(beckett):
         before = item.audio[int(real.LEAD_S * RATE) : int(start * RATE)]
         after = item.audio[int(end * RATE) : int(item.speech_end * RATE)]
         assert np.abs(before).max() > 0.05 and np.abs(after).max() > 0.05
-        inserted = int(round(detail["inserted_s"] * RATE))
+        inserted = round(detail["inserted_s"] * RATE)
         assert np.count_nonzero(item.audio[int(start * RATE) : int(end * RATE) + 1] == 0.0) >= inserted
         # The speech is the recording's samples, moved but never resampled.
         recording = real.load("beckett.wav")

@@ -10,11 +10,18 @@ import dataclasses
 import re
 
 import pytest
-
 from edgevoice.export import build as build_module
 from edgevoice.export import export_package
-from edgevoice.export.budget import GB, budget_for, budget_lines, measure, memory_budget, package_batch_range
+from edgevoice.export.budget import (
+    GB,
+    budget_for,
+    budget_lines,
+    measure,
+    memory_budget,
+    package_batch_range,
+)
 from edgevoice.export.build_script import BUILD_SCRIPT, write_build_script
+
 from edgevoice.manifest import read_manifest, write_manifest
 from edgevoice.recipes import load_recipe
 from edgevoice.targets import TargetProfile, load_target

@@ -10,10 +10,10 @@ import subprocess
 import sys
 
 import pytest
-
 from edgevoice.cli.serve_cmd import DEFAULT_MAX_SESSIONS, session_cap
-from edgevoice.errors import EdgevoiceError
 from edgevoice.export import export_package
+
+from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import EngineInfo, file_record, read_manifest, write_manifest
 from edgevoice.serve import server as server_module
 from edgevoice.serve.server import Server, check_backend
@@ -27,7 +27,7 @@ def package(tmp_path_factory):
 
 def serve(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edgevoice.cli.main", "serve", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
 
 
 def test_serve_backend_trt_without_tensorrt_fails_in_one_line(package):

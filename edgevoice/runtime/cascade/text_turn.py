@@ -31,7 +31,7 @@ def without_trailing_punctuation(text: str) -> str:
 
 def end_token_ids(encode: Callable[[str], list[int]], stop_ids: Sequence[int]) -> list[int]:
     """The ids that end the user's words: the sentence ends that are one token, and the stop ids."""
-    ids = set(int(i) for i in stop_ids)
+    ids = {int(i) for i in stop_ids}
     for mark in SENTENCE_ENDS:
         pieces = encode(mark)
         if len(pieces) == 1:  # a mark the tokenizer splits cannot be read from one step's logits

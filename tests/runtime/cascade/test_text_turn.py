@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
-from edgevoice.runtime.cascade.text_turn import end_token_ids, without_trailing_punctuation
+from edgevoice.runtime.cascade.text_turn import (
+    end_token_ids,
+    without_trailing_punctuation,
+)
 from edgevoice.runtime.cascade.thinking import CascadeThinker
 from edgevoice.runtime.tools import Tool, ToolRunner
 from edgevoice.runtime.turns import TurnOptions
