@@ -253,7 +253,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         self._awaited: ScoreRequest | None = None  # asked and not answered: no second request meanwhile
         self._last_prob: float | None = None  # the latest score of this silence
         self._audio_complete = False  # the audio model said "complete" for this silence; the words decide
-        self._text: tuple[float | None] | None = None  # (the words' probability,) once it came for this silence
+        self._words_heard = False  # the words' vote for this silence came (its probability may be None: no words)
+        self._words_prob: float | None = None
 
     def update(self, time: float, prob: float, level: float) -> Decision:
         self.score_wanted = None
@@ -278,27 +279,26 @@ class SemanticTurnPolicy(VadTurnPolicy):
         if not self.text_gate or self.state is not TurnState.USER_SPEAKING or speech_end != self.last_speech:
             return Decision.NONE  # the user spoke again, or the turn is already over: stale
         self._follow_silence(speech_end)
-        self._text = (None if text_prob is None else float(text_prob),)
+        self._words_heard, self._words_prob = True, None if text_prob is None else float(text_prob)
         return self._end_if_words_agree(time) if self._audio_complete else Decision.NONE
 
     @property
     def words_unfinished(self) -> bool:
         """The words of the current silence were scored unfinished (a pause a listener may answer)."""
-        return self._text is not None and not self._words_finished()
+        return self._words_heard and not self._words_finished()
 
     def _end_if_words_agree(self, time: float) -> Decision:
-        if self.text_gate and (self._text is None or not self._words_finished()):
+        if self.text_gate and not (self._words_heard and self._words_finished()):
             return Decision.NONE  # wait for the words, or hold: they are unfinished
         return self._end_turn(self._silence_ms(time), self._last_prob, "model")
 
     def _words_finished(self) -> bool:
-        (prob,) = self._text
-        return prob is None or prob >= self.options.text_eot_threshold
+        return self._words_prob is None or self._words_prob >= self.options.text_eot_threshold
 
     def _end_turn(self, silence_ms: float, eot_prob: float | None, by: str) -> Decision:
         decision = super()._end_turn(silence_ms, eot_prob, by)
-        if self._text is not None:
-            self.turn_end = TurnEnd(silence_ms, eot_prob, by, text_prob=self._text[0])
+        if self._words_heard:
+            self.turn_end = TurnEnd(silence_ms, eot_prob, by, text_prob=self._words_prob)
         return decision
 
     def _user_speaking(self, time: float, speech: bool) -> Decision:
@@ -318,8 +318,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         if self._silence_of != speech_end:
             self._silence_of = speech_end
             self._next_check_ms = self.options.eot_first_check_ms
-            self._awaited = self._last_prob = self._text = None
-            self._audio_complete = False
+            self._awaited = self._last_prob = self._words_prob = None
+            self._audio_complete = self._words_heard = False
 
     def _turn_ms(self) -> float:
         return (self.last_speech - self.speech_start) * 1000
