@@ -25,7 +25,7 @@ _spec.loader.exec_module(real)
 needs_recordings = pytest.mark.skipif(
     importlib.util.find_spec("moonshine_voice") is None,
     reason="moonshine-voice is not installed (it carries the recordings): "
-           "pip install --no-deps moonshine-voice==0.1.5 (.ci/run installs it)",
+           "pip install --no-deps moonshine-voice==0.1.5 (the README's main command installs it)",
 )
 
 
