@@ -16,6 +16,7 @@ over the whole utterance, which is exactly what a batch transcription of it give
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ class Transcript:
     encode_seconds: float  # wall time in the encoder engine
     decode_seconds: float  # wall time in the decoder loop (engine + host)
     skipped_windows: int = 0  # windows judged silence by the no-speech rule
+    stopped: bool = False  # ``stop`` said so before the end: the text is what was decoded by then
 
 
 @dataclass
@@ -104,8 +106,10 @@ class WhisperAsr:
         window[0, : pcm.size] = pcm
         return self.encoder.infer({"audio": window, "length": np.array([pcm.size], dtype=np.int64)})
 
-    def decode(self, cross: dict[str, np.ndarray], max_new_tokens: int | None = None) -> _WindowResult:
-        """Greedy decoding of one encoded window; the KV cache lives in the decoder stream's state."""
+    def decode(self, cross: dict[str, np.ndarray], max_new_tokens: int | None = None,
+               stop: Callable[[], bool] | None = None) -> _WindowResult:
+        """Greedy decoding of one encoded window; the KV cache lives in the decoder stream's state.
+        ``stop`` is asked before every step (an answer dropped mid-transcript frees the core at once)."""
         stream = self.decoder.stream(1)
         budget = self.max_length - len(self.prompt)
         budget = min(budget, max_new_tokens) if max_new_tokens is not None else budget
@@ -129,33 +133,44 @@ class WhisperAsr:
                 scores[self.suppress_at_begin] = -np.inf  # no blank or empty transcript
             token = int(np.argmax(scores))
             logprob_sum += float(scores[token] - _logsumexp(scores))
-            if token == self.eot or len(tokens) >= budget:
+            if token == self.eot or len(tokens) >= budget or (stop is not None and stop()):
                 break
             tokens.append(token)
             feed = [token]
         # faster-whisper divides the summed log-probs (end-of-text included) by len + 1.
         return _WindowResult(tokens, no_speech_prob, logprob_sum / (len(tokens) + 1))
 
-    def transcribe(self, pcm: np.ndarray, sample_rate: int | None = None, max_new_tokens: int | None = None) -> Transcript:
-        """Text of mono float32 PCM; audio longer than one window is decoded window by window."""
+    def transcribe(self, pcm: np.ndarray, sample_rate: int | None = None, max_new_tokens: int | None = None,
+                   stop: Callable[[], bool] | None = None) -> Transcript:
+        """Text of mono float32 PCM; audio longer than one window is decoded window by window.
+
+        ``stop`` (optional) is asked between windows, after each encode and before each decoder
+        step; once it says True the result so far comes back with ``stopped`` set.
+        """
         pcm = validate_pcm(pcm, sample_rate or self.sample_rate, self.sample_rate)
         encode_s = decode_s = 0.0
         tokens: list[int] = []
         texts: list[str] = []
-        skipped = 0
+        skipped, stopped = 0, False
         for start in range(0, pcm.size, self.max_samples):
             t0 = time.perf_counter()
             cross = self.encode(pcm[start : start + self.max_samples])
             t1 = time.perf_counter()
-            result = self.decode(cross, max_new_tokens)
-            decode_s += time.perf_counter() - t1
             encode_s += t1 - t0
+            if stop is not None and stop():
+                stopped = True
+                break
+            result = self.decode(cross, max_new_tokens, stop)
+            stopped = stop is not None and stop()
+            decode_s += time.perf_counter() - t1
             if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOG_PROB_THRESHOLD:
                 skipped += 1
-                continue
-            tokens += result.tokens
-            texts.append(self.detokenizer.decode(result.tokens))
-        return Transcript("".join(texts), tuple(tokens), pcm.size / self.sample_rate, encode_s, decode_s, skipped)
+            else:
+                tokens += result.tokens
+                texts.append(self.detokenizer.decode(result.tokens))
+            if stopped:
+                break
+        return Transcript("".join(texts), tuple(tokens), pcm.size / self.sample_rate, encode_s, decode_s, skipped, stopped)
 
 
 @dataclass(frozen=True)

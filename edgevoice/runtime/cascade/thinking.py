@@ -94,21 +94,32 @@ class CascadeThinker:
     def answer(self, gen: Generation, audio: np.ndarray, rate: int, turn: int) -> None:
         """Transcribe the turn and speak the reply (think job)."""
         self._forget_cancelled()
+        if gen.cancelled.is_set():  # dropped while queued (the user spoke on): nothing to transcribe
+            self._no_words(gen)
+            return
         started = time.perf_counter()
-        transcript = self.agent.asr.transcribe(audio, rate).text.strip() if audio.size else ""
+        # A speculation the user talks over is dropped mid-transcript: its decoder steps stop at once,
+        # so the next silence's answer does not queue behind a stale one.
+        heard = self.agent.asr.transcribe(audio, rate, stop=gen.cancelled.is_set) if audio.size else None
+        transcript = heard.text.strip() if heard is not None and not heard.stopped else ""
         gen.transcript = transcript
-        self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative, reply=gen.id,
-                   compute_s=time.perf_counter() - started)
+        if heard is not None and not heard.stopped:
+            self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative, reply=gen.id,
+                       compute_s=time.perf_counter() - started)
         if not transcript or gen.cancelled.is_set():
-            if gen.speculative and self.on_words is not None:
-                self.on_words(gen.audio_key, None)  # no words: the audio model decides alone
-            self._finish(gen)
+            self._no_words(gen)
             return
         user = {"role": "user", "content": transcript}
         recall = self._recall_for_answer(transcript, turn)
         if gen.speculative and self.on_words is not None:
             self._score_words(gen, transcript, recall, turn)
         self._generate(gen, self._context(user, recall=recall), [user], turn)
+
+    def _no_words(self, gen: Generation) -> None:
+        """End ``gen`` without a reply; a speculation still owes the policy its (empty) vote."""
+        if gen.speculative and self.on_words is not None:
+            self.on_words(gen.audio_key, None)  # no words: the audio model decides alone
+        self._finish(gen)
 
     def follow_up(self, gen: Generation, turn: int) -> None:
         """Speak about tool results that arrived since the last reply (think job)."""

@@ -148,3 +148,22 @@ def test_speech_longer_than_a_window_is_committed_window_by_window(asr, utteranc
     # Both windows contribute text: the first one's sentences, then the rest's.
     first = asr.transcribe(audio[: asr.max_samples]).text
     assert final.text.startswith(first) and len(final.text[len(first) :].split()) >= 8, final.text
+
+
+def test_a_stopped_transcription_says_so_and_frees_the_core_at_once(asr, utterances):
+    audio = next(iter(utterances.values()))
+    whole = asr.transcribe(audio)
+    assert not whole.stopped and asr.transcribe(audio, stop=lambda: False).tokens == whole.tokens
+
+    before_decoding = asr.transcribe(audio, stop=lambda: True)  # dropped while the encoder ran
+    assert before_decoding.stopped and before_decoding.tokens == () and before_decoding.decode_seconds == 0.0
+
+    asked = []
+
+    def after_three_steps() -> bool:
+        asked.append(1)
+        return len(asked) > 4  # once after the encode, then before each decoder step
+
+    cut = asr.transcribe(audio, stop=after_three_steps)
+    assert cut.stopped and 0 < len(cut.tokens) < len(whole.tokens)
+    assert cut.tokens == whole.tokens[: len(cut.tokens)]  # what it decoded is the start of the whole
