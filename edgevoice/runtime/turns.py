@@ -85,6 +85,11 @@ class TurnOptions:
     # not on the turn-taking sets: with SmolLM2-135M and the default system prompt, finished ones
     # scored >= 0.04 and cut ones <= 0.004 but one ("The thing is", 0.023).
     text_eot_threshold: float = 0.01
+    # The earliest the audio and the words together may end the turn. Their vote can come a few
+    # hundred ms into the silence, sooner the faster the machine; a reader's pause after "It was the
+    # age of wisdom," is complete to both and lasts ~0.5 s. LiveKit Agents holds a "complete" turn
+    # the same way (min_endpointing_delay, 0.5 s). The speculative answer starts long before it.
+    text_min_silence_ms: float = 600.0
 
     def __post_init__(self) -> None:
         for name in ("threshold", "eot_threshold", "text_eot_threshold"):
@@ -93,7 +98,7 @@ class TurnOptions:
         if self.onset_frames < 1:
             raise ValueError(f"onset_frames must be at least 1, got {self.onset_frames}")
         for name in ("endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
-                     "min_level", "eot_first_check_ms"):
+                     "min_level", "eot_first_check_ms", "text_min_silence_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eot_recheck_ms <= 0:  # zero would score the turn on every frame
@@ -290,7 +295,13 @@ class SemanticTurnPolicy(VadTurnPolicy):
     def _end_if_words_agree(self, time: float) -> Decision:
         if self.text_gate and not (self._words_heard and self._words_finished()):
             return Decision.NONE  # wait for the words, or hold: they are unfinished
+        if self._too_soon_for_words(time):
+            return Decision.NONE  # agreed, but too soon: ``_user_speaking`` takes it once the silence is long enough
         return self._end_turn(self._silence_ms(time), self._last_prob, "model")
+
+    def _too_soon_for_words(self, time: float) -> bool:
+        """Words that agree end the turn no sooner than ``text_min_silence_ms`` (no words: the audio alone)."""
+        return self.text_gate and self._words_prob is not None and self._silence_ms(time) < self.options.text_min_silence_ms
 
     def _words_finished(self) -> bool:
         return self._words_prob is None or self._words_prob >= self.options.text_eot_threshold
@@ -308,6 +319,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         silence_ms = self._silence_ms(time)
         if silence_ms >= self.options.eot_max_silence_ms:
             return self._end_turn(silence_ms, self._last_prob, "max_silence")
+        if self.text_gate and self._audio_complete and silence_ms >= self.options.text_min_silence_ms:
+            return self._end_if_words_agree(time)
         # Once the audio said "complete", more audio scores add nothing: the words decide.
         if self._awaited is None and not self._audio_complete and silence_ms >= self._next_check_ms:
             self.score_wanted = self._awaited = ScoreRequest(self.last_speech, silence_ms)

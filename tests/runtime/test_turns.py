@@ -239,8 +239,20 @@ def test_unfinished_words_hold_a_turn_the_audio_calls_complete():
     policy = SemanticTurnPolicy(text_gate=True)
     decisions = converse_with_words(policy, pattern, 0.9, words, words_at_ms=160)
     assert [d for _, d in decisions] == [Decision.USER_STARTED, Decision.END_OF_TURN]
-    assert decisions[-1][0] > second_part_ends and 200 <= policy.turn_end.silence_ms < 232
+    # Both agree at the first check (200 ms); words that agree end a turn at text_min_silence_ms.
+    assert decisions[-1][0] > second_part_ends and 600 <= policy.turn_end.silence_ms < 632
     assert policy.turn_end.by == "model" and policy.turn_end.text_prob == 0.6
+
+
+def test_agreeing_words_end_the_turn_no_sooner_than_text_min_silence_ms():
+    pattern, complete_words = "s" * 30 + "." * 40, lambda end: 0.6
+    for floor_ms, earliest_ms in ((600.0, 600), (0.0, 200), (400.0, 400)):
+        policy = SemanticTurnPolicy(TurnOptions(text_min_silence_ms=floor_ms), text_gate=True)
+        decisions = converse_with_words(policy, pattern, 0.9, complete_words, words_at_ms=64)
+        silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+        assert decisions[-1][1] is Decision.END_OF_TURN and earliest_ms <= silence_ms < max(earliest_ms, 200) + 32
+    with pytest.raises(ValueError, match="text_min_silence_ms"):
+        TurnOptions(text_min_silence_ms=-1.0)
 
 
 def test_the_turn_waits_for_late_words_and_is_taken_when_they_agree():
