@@ -118,7 +118,9 @@ def test_one_hour_conversation_has_bounded_memory_and_no_lost_audio(cascade_pack
     # Memory reaches its working set while every input shape of the three questions' turns is met
     # (two rounds of the three, by minute ~31); after that no new high-water mark. RSS may fall
     # back and rise again as allocations are returned to the system (measured: ±25 MB), so the
-    # bound is on the peak, not on the spread.
+    # bound is on the peak, not on the spread. Both peaks move with that noise: three hours ended at
+    # 1317-1327 MB after early peaks of 1290-1314 MB (BENCHMARKS.md), so the bound allows twice
+    # it; the arena growth it guards against was +200 MB.
     warming = [mb for minute, mb in rss.items() if minute < 36]
     settled = [mb for minute, mb in rss.items() if minute >= 36]
-    assert len(settled) >= 4 and max(settled) - max(warming) < 32, rss
+    assert len(settled) >= 4 and max(settled) - max(warming) < 50, rss
