@@ -103,7 +103,7 @@ class CascadeThinker:
         heard = self.agent.asr.transcribe(audio, rate, stop=gen.cancelled.is_set) if audio.size else None
         transcript = heard.text.strip() if heard is not None and not heard.stopped else ""
         gen.transcript = transcript
-        if heard is not None and not heard.stopped:
+        if heard is None or not heard.stopped:  # an empty transcript tells clients no answer follows
             self._emit(ev.TRANSCRIPT, turn=turn, text=transcript, speculative=gen.speculative, reply=gen.id,
                        compute_s=time.perf_counter() - started)
         if not transcript or gen.cancelled.is_set():
