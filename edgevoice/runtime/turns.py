@@ -243,8 +243,9 @@ class SemanticTurnPolicy(VadTurnPolicy):
 
     With ``text_gate`` the user's words vote too: the session hands in the transcript's end-of-turn
     probability for each silence (``text_score``), and the turn is taken only when the audio model
-    says "complete" *and* the words could end there. The audio model hears a falling pitch; the
-    words know "I would like to know" is unfinished however it was said. Words that never come (no
+    says "complete" *and* the words could end there, and no sooner than ``text_min_silence_ms``.
+    The audio model hears a falling pitch; the words know "I would like to know" is unfinished
+    however it was said. Words that never come (no
     transcript: ``None``) leave the decision to the audio; the turn is still taken at
     ``eot_max_silence_ms`` whatever either says.
     """
@@ -319,7 +320,7 @@ class SemanticTurnPolicy(VadTurnPolicy):
         silence_ms = self._silence_ms(time)
         if silence_ms >= self.options.eot_max_silence_ms:
             return self._end_turn(silence_ms, self._last_prob, "max_silence")
-        if self.text_gate and self._audio_complete and silence_ms >= self.options.text_min_silence_ms:
+        if self.text_gate and self._audio_complete:  # the words decide, once the silence is long enough
             return self._end_if_words_agree(time)
         # Once the audio said "complete", more audio scores add nothing: the words decide.
         if self._awaited is None and not self._audio_complete and silence_ms >= self._next_check_ms:

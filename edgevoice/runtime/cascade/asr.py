@@ -69,6 +69,7 @@ class _WindowResult:
     tokens: list[int]
     no_speech_prob: float
     avg_logprob: float
+    stopped: bool = False  # ``stop`` ended it before end-of-text
 
 
 class WhisperAsr:
@@ -133,12 +134,14 @@ class WhisperAsr:
                 scores[self.suppress_at_begin] = -np.inf  # no blank or empty transcript
             token = int(np.argmax(scores))
             logprob_sum += float(scores[token] - _logsumexp(scores))
-            if token == self.eot or len(tokens) >= budget or (stop is not None and stop()):
+            done = token == self.eot or len(tokens) >= budget
+            stopped = not done and stop is not None and stop()
+            if done or stopped:
                 break
             tokens.append(token)
             feed = [token]
         # faster-whisper divides the summed log-probs (end-of-text included) by len + 1.
-        return _WindowResult(tokens, no_speech_prob, logprob_sum / (len(tokens) + 1))
+        return _WindowResult(tokens, no_speech_prob, logprob_sum / (len(tokens) + 1), stopped)
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int | None = None, max_new_tokens: int | None = None,
                    stop: Callable[[], bool] | None = None) -> Transcript:
@@ -161,7 +164,7 @@ class WhisperAsr:
                 stopped = True
                 break
             result = self.decode(cross, max_new_tokens, stop)
-            stopped = stop is not None and stop()
+            stopped = result.stopped
             decode_s += time.perf_counter() - t1
             if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOG_PROB_THRESHOLD:
                 skipped += 1
