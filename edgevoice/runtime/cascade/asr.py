@@ -16,7 +16,7 @@ over the whole utterance, which is exactly what a batch transcription of it give
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,7 @@ class Transcript:
     decode_seconds: float  # wall time in the decoder loop (engine + host)
     skipped_windows: int = 0  # windows judged silence by the no-speech rule
     stopped: bool = False  # ``stop`` said so before the end: the text is what was decoded by then
+    drafted: int = 0  # leading tokens confirmed from the caller's draft in one decoder call
 
 
 @dataclass
@@ -70,6 +71,7 @@ class _WindowResult:
     no_speech_prob: float
     avg_logprob: float
     stopped: bool = False  # ``stop`` ended it before end-of-text
+    drafted: int = 0  # tokens kept from the draft
 
 
 class WhisperAsr:
@@ -108,53 +110,70 @@ class WhisperAsr:
         return self.encoder.infer({"audio": window, "length": np.array([pcm.size], dtype=np.int64)})
 
     def decode(self, cross: dict[str, np.ndarray], max_new_tokens: int | None = None,
-               stop: Callable[[], bool] | None = None) -> _WindowResult:
+               stop: Callable[[], bool] | None = None, draft: Sequence[int] = ()) -> _WindowResult:
         """Greedy decoding of one encoded window; the KV cache lives in the decoder stream's state.
-        ``stop`` is asked before every step (an answer dropped mid-transcript frees the core at once)."""
+
+        ``stop`` is asked before every token (an answer dropped mid-transcript frees the core at once).
+        ``draft``: tokens this window probably holds (an earlier transcript of the same growing audio).
+        Each call feeds, after its last known token, the draft's continuation of that token; its
+        tokens are kept while each is the greedy choice. Words already heard then cost one call
+        instead of one step each (~10 ms a token on 2 cores, nearly flat up to 8 tokens a call), and
+        the result is the greedy transcript either way. A rejected continuation's cache slots are
+        harmless: later steps overwrite them and the causal mask hides slots beyond the position.
+        """
         stream = self.decoder.stream(1)
         budget = self.max_length - len(self.prompt)
         budget = min(budget, max_new_tokens) if max_new_tokens is not None else budget
-        feed, offset, tokens, logprob_sum = self.prompt, 0, [], 0.0
-        no_speech_prob = 0.0
-        while True:
-            out = stream({
-                "tokens": np.asarray([feed], dtype=np.int64),
-                "offset": np.array([offset], dtype=np.int64),
-                "cross_k": cross["cross_k"],
-                "cross_v": cross["cross_v"],
-            })
+        draft = [int(t) for t in draft if t < self.eot]
+        anchor, guesses, offset = self.prompt, draft[:budget], 0
+        tokens, logprob_sum, drafted = [], 0.0, 0
+        no_speech_prob, stopped, done = 0.0, False, False
+        while not (done or stopped):
+            feed = anchor + guesses
+            out = stream({"tokens": np.asarray([feed], dtype=np.int64), "offset": np.array([offset], dtype=np.int64), **cross})
             logits = out["logits"][0]  # (T, V)
             if offset == 0:
                 # Whisper's no-speech estimate is read at the start-of-transcript position.
                 no_speech_prob = float(_softmax(logits[0])[self.no_speech])
-            offset += len(feed)
-            scores = logits[-1].astype(np.float64)
-            scores[self.suppress] = -np.inf
-            if not tokens:
-                scores[self.suppress_at_begin] = -np.inf  # no blank or empty transcript
-            token = int(np.argmax(scores))
-            logprob_sum += float(scores[token] - _logsumexp(scores))
-            done = token == self.eot or len(tokens) >= budget
-            stopped = not done and stop is not None and stop()
-            if done or stopped:
-                break
-            tokens.append(token)
-            feed = [token]
+            for row, scores in enumerate(logits[len(anchor) - 1 :]):  # row r predicts what guesses[r] guessed
+                token, logprob = self._choose(scores, first=not tokens)
+                logprob_sum += logprob
+                done = token == self.eot or len(tokens) >= budget
+                stopped = not done and stop is not None and stop()
+                if done or stopped:
+                    break
+                tokens.append(token)
+                if row >= len(guesses) or token != guesses[row]:
+                    break  # a new token, or the draft went wrong here: go on from it
+                drafted += 1
+            anchor, offset = tokens[-1:], len(self.prompt) + len(tokens) - 1
+            guesses = continuation(draft, tokens)[: budget - len(tokens)]
         # faster-whisper divides the summed log-probs (end-of-text included) by len + 1.
-        return _WindowResult(tokens, no_speech_prob, logprob_sum / (len(tokens) + 1), stopped)
+        return _WindowResult(tokens, no_speech_prob, logprob_sum / (len(tokens) + 1), stopped, drafted)
+
+    def _choose(self, logits: np.ndarray, first: bool) -> tuple[int, float]:
+        """Greedy token of one logits row (V,) under the suppression rules, and its log-probability."""
+        scores = logits.astype(np.float64)
+        scores[self.suppress] = -np.inf
+        if first:
+            scores[self.suppress_at_begin] = -np.inf  # no blank or empty transcript
+        token = int(np.argmax(scores))
+        return token, float(scores[token] - _logsumexp(scores))
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int | None = None, max_new_tokens: int | None = None,
-                   stop: Callable[[], bool] | None = None) -> Transcript:
+                   stop: Callable[[], bool] | None = None, draft: Sequence[int] = ()) -> Transcript:
         """Text of mono float32 PCM; audio longer than one window is decoded window by window.
 
         ``stop`` (optional) is asked between windows, after each encode and before each decoder
-        step; once it says True the result so far comes back with ``stopped`` set.
+        step; once it says True the result so far comes back with ``stopped`` set. ``draft``
+        (optional): the tokens of an earlier transcript of the start of this audio, checked in one
+        decoder call (see ``decode``); it only speeds the first window up.
         """
         pcm = validate_pcm(pcm, sample_rate or self.sample_rate, self.sample_rate)
         encode_s = decode_s = 0.0
         tokens: list[int] = []
         texts: list[str] = []
-        skipped, stopped = 0, False
+        skipped, stopped, drafted = 0, False, 0
         for start in range(0, pcm.size, self.max_samples):
             t0 = time.perf_counter()
             cross = self.encode(pcm[start : start + self.max_samples])
@@ -163,8 +182,8 @@ class WhisperAsr:
             if stop is not None and stop():
                 stopped = True
                 break
-            result = self.decode(cross, max_new_tokens, stop)
-            stopped = result.stopped
+            result = self.decode(cross, max_new_tokens, stop, draft if start == 0 else ())
+            stopped, drafted = result.stopped, drafted + result.drafted
             decode_s += time.perf_counter() - t1
             if result.no_speech_prob > NO_SPEECH_THRESHOLD and result.avg_logprob < LOG_PROB_THRESHOLD:
                 skipped += 1
@@ -173,7 +192,8 @@ class WhisperAsr:
                 texts.append(self.detokenizer.decode(result.tokens))
             if stopped:
                 break
-        return Transcript("".join(texts), tuple(tokens), pcm.size / self.sample_rate, encode_s, decode_s, skipped, stopped)
+        return Transcript("".join(texts), tuple(tokens), pcm.size / self.sample_rate, encode_s, decode_s, skipped, stopped,
+                          drafted)
 
 
 @dataclass(frozen=True)
@@ -269,6 +289,20 @@ class StreamingRecognizer:
         )
         self.reset()
         return final
+
+
+def continuation(draft: Sequence[int], tokens: Sequence[int]) -> list[int]:
+    """What ``draft`` says follows the last of ``tokens``: after the first place it has their last
+    two tokens, else their last one; nothing if it has neither. "Set timer for 25 minutes and
+    remove" drafts "Set a timer for 25 minutes and remind me ..." from "timer" on."""
+    if not tokens:
+        return list(draft)
+    last = tokens[-1]
+    places = [i for i, token in enumerate(draft) if token == last]
+    pairs = [i for i in places if len(tokens) >= 2 and i >= 1 and draft[i - 1] == tokens[-2]]
+    if not places:
+        return []
+    return list(draft[(pairs or places)[0] + 1 :])
 
 
 def _logsumexp(x: np.ndarray) -> float:

@@ -167,3 +167,52 @@ def test_a_stopped_transcription_says_so_and_frees_the_core_at_once(asr, utteran
     cut = asr.transcribe(audio, stop=after_three_steps)
     assert cut.stopped and 0 < len(cut.tokens) < len(whole.tokens)
     assert cut.tokens == whole.tokens[: len(cut.tokens)]  # what it decoded is the start of the whole
+
+
+def counting_decoder_calls(asr: WhisperAsr) -> list[int]:
+    """Counts the decoder calls ``asr`` makes from now on (one entry per call: tokens fed)."""
+    calls, make_stream = [], asr.decoder.stream
+
+    def stream(batch):
+        step = make_stream(batch)
+
+        def counted(feeds):
+            calls.append(feeds["tokens"].shape[1])
+            return step(feeds)
+        return counted
+
+    asr.decoder.stream = stream
+    return calls
+
+
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def test_a_draft_gives_the_greedy_transcript_in_fewer_decoder_calls(asr, utterances):
+    calls, confirmed = counting_decoder_calls(asr), []
+    try:
+        for name, audio in utterances.items():
+            whole = asr.transcribe(audio)
+            start = asr.transcribe(audio[: int(audio.size * 0.6)])  # what a partial heard earlier
+            drafts = {
+                "own": whole.tokens, "earlier": start.tokens, "wrong": tuple(reversed(start.tokens)),
+                "too long": whole.tokens + start.tokens, "special ids": (asr.eot, *whole.tokens),
+            }
+            for kind, draft in drafts.items():
+                calls.clear()
+                drafted = asr.transcribe(audio, draft=draft)
+                assert drafted.tokens == whole.tokens and drafted.text == whole.text, (name, kind)
+                # Each call yields the draft tokens it confirmed plus one of its own (end-of-text last).
+                assert len(calls) == len(whole.tokens) + 1 - drafted.drafted, (name, kind, calls)
+                if kind == "own":  # the whole transcript confirmed, and end-of-text read, in one call
+                    assert calls == [len(asr.prompt) + len(whole.tokens)]
+                if kind == "earlier":  # what a partial would give: confirmed past where it first differs
+                    assert drafted.drafted >= common_prefix(start.tokens, whole.tokens), name
+                    confirmed.append((drafted.drafted, len(whole.tokens)))
+            capped = asr.transcribe(audio, max_new_tokens=3, draft=whole.tokens)
+            assert capped.tokens == whole.tokens[:3]
+        # 27 of 57 tokens when written (2, 7, 5, 7, 6 per clip).
+        assert sum(d for d, _ in confirmed) >= 0.4 * sum(n for _, n in confirmed), confirmed
+    finally:
+        del asr.decoder.stream  # back to the class's method

@@ -133,6 +133,7 @@ def test_a_pause_mid_sentence_drops_the_speculative_answer(cascade_package):
     speculative = [e for e in session.events.history(ev.TRANSCRIPT) if e.data["speculative"]]
     assert len(speculative) == 2 and "France" not in speculative[0].data["text"]  # the first one was dropped
     assert "France" in speculative[1].data["text"]
+    assert speculative[1].data["drafted"] >= 3  # "What is the capital" came from the earlier transcript
     users = [m["content"] for m in session.agent.history if m["role"] == "user"]
     assert len(users) == 1 and "France" in users[0]  # the dropped answer left no trace
     assert len(session.events.history(ev.FIRST_AUDIO)) == 1
