@@ -1,11 +1,13 @@
 """Whisper as two edgevoice components: an encoder step and a decoder step with a KV cache.
 
-    encoder step:  audio (B, window samples), length (B,) -> cross_k, cross_v (B, L, S, D)
-    decoder step:  tokens (B, T), offset (B,), cross_k, cross_v, self_k, self_v (L, B, C, D)
-                   -> logits (B, T, V), self_k', self_v'
+    encoder step:  audio (B, window samples), length (B,) -> per decoder layer i:
+                   cross_kt_i (B, H, D/H, S), cross_v_i (B, H, S, D/H)
+    decoder step:  tokens (B, T), offset (B,), cross_kt_i, cross_v_i for every layer,
+                   self_k, self_v (L, B, C, D) -> logits (B, T, V), self_k', self_v'
 
 The encoder graph includes the log-mel front end (see ``LogMel``) and the decoder's cross-attention
-key/value projections, so they run once per encode instead of once per token. The decoder's
+key/value projections, so they run once per encode instead of once per token, and hands them over
+one pair per layer, already in heads (keys transposed): a step reads them without copying. The decoder's
 self-attention cache is a fixed-capacity window (C = the text context, 448 for every Whisper)
 written at ``offset``; it is state in the streaming sense (graph input and output). Cross K/V are
 plain inputs: they do not change while decoding one window. Greedy choice, suppression of tokens
@@ -105,14 +107,15 @@ class WhisperDecoder(nn.Module):
         # (B, T, D) -> (B, T, V)
         return torch.matmul(self.final_norm(x), self.embed.weight.T)
 
-    def forward(self, tokens: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor) -> torch.Tensor:
-        """Full-sequence call without a cache: tokens (B, T), cross_k/v (B, L, S, D) -> logits (B, T, V)."""
+    def forward(self, tokens: torch.Tensor, *cross: torch.Tensor) -> torch.Tensor:
+        """Full-sequence call without a cache: tokens (B, T), ``cross`` as ``project_cross`` gives
+        it -> logits (B, T, V)."""
         t = tokens.shape[1]
         x = self.embed(tokens) + self.positions[:t]
         causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
         for i, layer in enumerate(self.layers):
             attended = layer.self_attn(layer.self_norm(x), causal)
-            x = layer.finish(x, attended, cross_k[:, i], cross_v[:, i])
+            x = layer.finish(x, attended, cross[2 * i], cross[2 * i + 1])
         return self.logits(x)
 
 
@@ -125,17 +128,22 @@ class Whisper(nn.Module):
         self.front_end = LogMel(config.sample_rate, config.n_fft, config.hop, config.n_mels, config.n_frames)
         self.encoder = WhisperEncoder(config)
         self.decoder = WhisperDecoder(config)
-        self.cross_kv = nn.ModuleList(CrossProjection(config.width) for _ in range(config.n_text_layers))
+        self.cross_kv = nn.ModuleList(CrossProjection(config.width, config.n_text_heads)
+                                      for _ in range(config.n_text_layers))
 
-    def cross_attention_inputs(self, audio_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cross_attention_inputs(self, audio_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return project_cross(self.cross_kv, audio_states)
 
 
-def project_cross(projections: nn.ModuleList, audio_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every decoder layer's cross-attention K and V of the encoder output, stacked by layer."""
-    # audio_states: (B, S, D) -> cross_k, cross_v (B, L, S, D)
-    pairs = [proj(audio_states) for proj in projections]
-    return torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+def project_cross(projections: nn.ModuleList, audio_states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every decoder layer's cross-attention keys and values of the encoder output, layer by layer."""
+    # audio_states: (B, S, D) -> (keys_0, values_0, keys_1, ...): (B, H, D/H, S) and (B, H, S, D/H)
+    return tuple(t for proj in projections for t in proj(audio_states))
+
+
+def cross_names(layers: int) -> tuple[str, ...]:
+    """Graph names of ``project_cross``'s tensors: cross_kt_0, cross_v_0, cross_kt_1, ..."""
+    return tuple(name for i in range(layers) for name in (f"cross_kt_{i}", f"cross_v_{i}"))
 
 
 class WhisperEncoderStep(StreamingModule):
@@ -160,18 +168,17 @@ class WhisperEncoderStep(StreamingModule):
         return (InputSpec("audio", ("batch", self.config.window_samples)), InputSpec("length", ("batch",), torch.int64))
 
     def output_names(self) -> tuple[str, ...]:
-        return ("cross_k", "cross_v")
+        return cross_names(self.config.n_text_layers)
 
     def state_specs(self) -> tuple[StateSpec, ...]:
         return ()
 
-    def step(self, audio: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # audio: (B, window), length: (B,) -> cross_k, cross_v (B, L, S, D) float32
+    def step(self, audio: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # audio: (B, window), length: (B,) -> per layer keys (B, H, D/H, S), values (B, H, S, D/H), float32
         mel = self.front_end(audio, length).to(self.compute_dtype)
-        k, v = project_cross(self.cross_kv, self.encoder(mel))
-        return k.to(torch.float32), v.to(torch.float32)
+        return tuple(t.to(torch.float32) for t in project_cross(self.cross_kv, self.encoder(mel)))
 
-    def forward(self, audio: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor, length: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.step(audio, length)
 
 
@@ -185,13 +192,10 @@ class WhisperDecoderStep(StreamingModule):
 
     def input_specs(self) -> tuple[InputSpec, ...]:
         c = self.config
-        audio = ("batch", c.n_text_layers, c.n_audio_ctx, c.width)
-        return (
-            InputSpec("tokens", ("batch", "tokens"), torch.int64),
-            InputSpec("offset", ("batch",), torch.int64),
-            InputSpec("cross_k", audio),
-            InputSpec("cross_v", audio),
-        )
+        heads, head_width = c.n_text_heads, c.width // c.n_text_heads
+        shapes = {"cross_kt": ("batch", heads, head_width, c.n_audio_ctx), "cross_v": ("batch", heads, c.n_audio_ctx, head_width)}
+        cross = tuple(InputSpec(name, shapes[name.rsplit("_", 1)[0]]) for name in cross_names(c.n_text_layers))
+        return (InputSpec("tokens", ("batch", "tokens"), torch.int64), InputSpec("offset", ("batch",), torch.int64), *cross)
 
     def output_names(self) -> tuple[str, ...]:
         return ("logits",)
@@ -205,15 +209,10 @@ class WhisperDecoderStep(StreamingModule):
         cache = (c.n_text_layers, 1, c.n_text_ctx, c.width)
         return (StateSpec("self_k", cache, batch_dim=1), StateSpec("self_v", cache, batch_dim=1))
 
-    def step(
-        self,
-        tokens: torch.Tensor,
-        offset: torch.Tensor,
-        cross_k: torch.Tensor,
-        cross_v: torch.Tensor,
-        self_k: torch.Tensor,
-        self_v: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, tokens: torch.Tensor, offset: torch.Tensor, *cross_and_cache: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # cross_and_cache: every layer's (keys, values) as project_cross gives them, then self_k, self_v
+        *cross, self_k, self_v = cross_and_cache
         dec, dtype = self.decoder, self.compute_dtype
         t, capacity = tokens.shape[1], self.config.n_text_ctx
         positions = offset[:, None] + torch.arange(t, device=tokens.device)[None]  # (B, T)
@@ -230,12 +229,12 @@ class WhisperDecoderStep(StreamingModule):
             cache_v = self_v[i].to(dtype) * keep + torch.matmul(place.transpose(1, 2), v)
             h = dec.heads
             attended = attend(split_heads(q, h), split_heads(cache_k, h), split_heads(cache_v, h), visible)
-            x = layer.finish(x, layer.self_attn.out(merge_heads(attended)), cross_k[:, i].to(dtype), cross_v[:, i].to(dtype))
+            x = layer.finish(x, layer.self_attn.out(merge_heads(attended)), cross[2 * i].to(dtype), cross[2 * i + 1].to(dtype))
             new_k.append(cache_k)
             new_v.append(cache_v)
         logits = dec.logits(x).to(torch.float32)
         return logits, torch.stack(new_k).to(torch.float32), torch.stack(new_v).to(torch.float32)
 
-    def forward(self, tokens: torch.Tensor, cross_k: torch.Tensor, cross_v: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *cross: torch.Tensor) -> torch.Tensor:
         """Full-sequence call (no cache), the reference the cached steps must match."""
-        return self.decoder(tokens, cross_k.to(self.compute_dtype), cross_v.to(self.compute_dtype)).to(torch.float32)
+        return self.decoder(tokens, *(t.to(self.compute_dtype) for t in cross)).to(torch.float32)

@@ -129,8 +129,8 @@ def whisper_components(
     def decoder_feeds() -> list[dict[str, np.ndarray]]:
         feed = encoder_feeds()[0]
         with torch.no_grad():
-            k, v = encoder.step(torch.from_numpy(feed["audio"]), torch.from_numpy(feed["length"]))
-        cross = {"cross_k": k.numpy(), "cross_v": v.numpy()}
+            outputs = encoder.step(torch.from_numpy(feed["audio"]), torch.from_numpy(feed["length"]))
+        cross = {name: t.numpy() for name, t in zip(encoder.output_names(), outputs)}
         # One token per step (the prompt too): --verify stacks step outputs, so T stays 1.
         tokens = list(facts["prompt"]) + list(range(400, 400 + PARITY_STEPS))
         return [
