@@ -193,8 +193,9 @@ class WhisperDecoderStep(StreamingModule):
     def input_specs(self) -> tuple[InputSpec, ...]:
         c = self.config
         heads, head_width = c.n_text_heads, c.width // c.n_text_heads
-        shapes = {"cross_kt": ("batch", heads, head_width, c.n_audio_ctx), "cross_v": ("batch", heads, c.n_audio_ctx, head_width)}
-        cross = tuple(InputSpec(name, shapes[name.rsplit("_", 1)[0]]) for name in cross_names(c.n_text_layers))
+        keys, values = ("batch", heads, head_width, c.n_audio_ctx), ("batch", heads, c.n_audio_ctx, head_width)
+        shapes = (keys, values) * c.n_text_layers  # in cross_names' order
+        cross = tuple(InputSpec(name, shape) for name, shape in zip(cross_names(c.n_text_layers), shapes))
         return (InputSpec("tokens", ("batch", "tokens"), torch.int64), InputSpec("offset", ("batch",), torch.int64), *cross)
 
     def output_names(self) -> tuple[str, ...]:
