@@ -9,8 +9,9 @@ previous-text conditioning) so transcripts match it token for token: the same pr
 suppressed tokens, the blank/end-of-text ban at the first step, the same no-speech rule.
 
 Streaming (``StreamingRecognizer``): while the user speaks, the growing utterance is re-encoded
-every ``hop_seconds`` and decoded into a partial hypothesis; ``finish()`` runs the final pass
-over the whole utterance, which is exactly what a batch transcription of it gives.
+every ``hop_seconds`` and decoded into a partial hypothesis, drafted by the previous one;
+``finish()`` runs the final pass over the whole utterance, which is exactly what a batch
+transcription of it gives.
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ class StreamingRecognizer:
         self._buffered = 0  # samples in the current window
         self._committed: list[str] = []  # texts of full windows already transcribed
         self._committed_tokens: list[int] = []
+        self._draft: tuple[int, ...] = ()  # the current window's last partial: the next pass's draft
         self._next_partial = int(max(self.options.min_seconds, self.options.hop_seconds) * self.asr.sample_rate)
         self.partials: list[Partial] = []
 
@@ -258,7 +260,8 @@ class StreamingRecognizer:
         while self._next_partial <= self._buffered:
             self._next_partial += hop  # skip hops that a slow pass made us miss
         start = time.perf_counter()
-        current = self.asr.transcribe(self._window(), max_new_tokens=self.options.partial_max_tokens)
+        current = self.asr.transcribe(self._window(), max_new_tokens=self.options.partial_max_tokens, draft=self._draft)
+        self._draft = current.tokens
         partial = Partial("".join(self._committed) + current.text, self._buffered / self.asr.sample_rate, time.perf_counter() - start)
         self.partials.append(partial)
         return partial
@@ -266,7 +269,8 @@ class StreamingRecognizer:
     def _commit_full_window(self) -> None:
         pcm = self._window()
         head, rest = pcm[: self.asr.max_samples], pcm[self.asr.max_samples :]
-        result = self.asr.transcribe(head)
+        result = self.asr.transcribe(head, draft=self._draft)
+        self._draft = ()
         self._committed.append(result.text)
         self._committed_tokens += result.tokens
         self._chunks, self._buffered = [rest], rest.size
@@ -277,7 +281,7 @@ class StreamingRecognizer:
         pcm = self._window()
         if pcm.size == 0 and not self._committed:
             raise EdgevoiceError("finish() was called before any audio was fed; feed() the utterance first")
-        result = self.asr.transcribe(pcm) if pcm.size else Transcript("", (), 0.0, 0.0, 0.0)
+        result = self.asr.transcribe(pcm, draft=self._draft) if pcm.size else Transcript("", (), 0.0, 0.0, 0.0)
         seconds = (len(self._committed) * self.asr.max_samples + pcm.size) / self.asr.sample_rate
         final = Transcript(
             "".join(self._committed) + result.text,
@@ -286,6 +290,7 @@ class StreamingRecognizer:
             result.encode_seconds,
             result.decode_seconds,
             result.skipped_windows,
+            drafted=result.drafted,
         )
         self.reset()
         return final

@@ -108,6 +108,7 @@ def test_streaming_gives_partials_then_the_batch_transcript(asr, utterances):
     final = recognizer.finish()
     assert [p.audio_seconds for p in partials] == [float(s) for s in range(1, int(audio.size / 16000) + 1)]
     assert final.text == asr.transcribe(audio).text
+    assert final.drafted >= 3  # the last partial drafted the final pass
     # Partials grow toward the final text: the last one, heard most of the audio, shares its start.
     assert partials[-1].text.split()[:3] == final.text.split()[:3]
     assert len(partials[0].text.split()) < len(final.text.split())
