@@ -9,8 +9,10 @@
 The events API is ``Agent``'s (``on``, ``write_events``, ``start`` / ``wait`` / ``stop`` / ``run``);
 the events are the server's, as ``talk --events`` writes them, plus ``connection`` events of the
 client's own (``data["state"]``: connected, lost, reconnecting, gave_up). A mic frame goes out
-every ``frame_ms``; each frame the server sends back is written to the io's speaker at once, and a
-``flush`` drops what is queued there (a barge-in). When the connection drops (the server restarts,
+every ``frame_ms``: a live microphone keeps at most 1 s of them waiting to be sent (the oldest
+give way, counted in ``frames_dropped``), a ``FileIO`` recording keeps them all. Each frame the
+server sends back is written to the io's speaker at once, and a ``flush`` drops what is queued
+there (a barge-in). When the connection drops (the server restarts,
 the network blinks) the client reconnects with growing pauses, ``ReconnectPolicy.tries`` times at
 most; the new connection is a new conversation (the server keeps nothing of the old one).
 
@@ -103,7 +105,7 @@ class Client:
         self.error: BaseException | None = None
         self.session_ids: list[str] = []  # one per connection that got "ready"
         self.server_summary: dict[str, Any] = {}
-        self.counts = {"frames_sent": 0, "frames_received": 0, "flushes": 0, "reconnects": 0}
+        self.counts = {"frames_sent": 0, "frames_dropped": 0, "frames_received": 0, "flushes": 0, "reconnects": 0}
         self._thread: threading.Thread | None = None
         self._finished = threading.Event()
         self._stopping = threading.Event()
@@ -215,7 +217,11 @@ class _Link:
         self.end_at = None if seconds is None else io.clock.now() + seconds
         self.activity = _Activity()
         self.loop = asyncio.get_running_loop()
-        self.frames: asyncio.Queue[bytes] = asyncio.Queue(_FRAME_BACKLOG)
+        # A live microphone's backlog is bounded (old frames give way: the user hears the agent react
+        # to what they say now); a recording loses nothing. A stalled mic thread catches up in a
+        # burst that is queued before the sender runs once, so even a short stall overflowed the
+        # bound and cut words out of a recording ("What is the capital of Japan?" -> "What the?").
+        self.frames: asyncio.Queue[bytes] = asyncio.Queue(0 if isinstance(io, FileIO) else _FRAME_BACKLOG)
         self.connected = False
         self.first_connect = threading.Event()  # the io starts then: a recording loses nothing to the handshake
         self.want_bye = asyncio.Event()
@@ -381,6 +387,7 @@ class _Link:
             return  # nobody to send it to: a robot cannot keep its mic for later
         if self.frames.full():
             self.frames.get_nowait()  # the oldest gives way: latency stays bounded
+            self.client.counts["frames_dropped"] += 1
         self.frames.put_nowait(pcm)
 
     def _drain_frames(self) -> None:

@@ -42,6 +42,27 @@ def test_audio_goes_to_the_speaker_a_flush_drops_it_at_once_and_events_reach_sub
     assert client.summary()["replies"] == 1 and client.summary()["reason"] == "bye"
 
 
+def test_a_mic_thread_catching_up_in_a_burst_loses_no_recording_but_a_live_mic_stays_bounded():
+    from edgevoice.audio.app_io import AppAudioIO
+
+    def burst(io, frames: int) -> tuple[int, int]:
+        client = Client("ws://127.0.0.1:1")
+
+        async def offer_all():
+            link = _Link(client, io, None)
+            link.connected = True
+            for i in range(frames):  # a stalled pump's backlog, queued before the sender runs once
+                link._offer(bytes([i % 256]) * 640)
+            return link.frames.qsize()
+
+        return asyncio.run(offer_all()), client.counts["frames_dropped"]
+
+    assert burst(file_io(), 120) == (120, 0)  # 2.4 s of a recording: every frame still goes out
+    live = AppAudioIO(input_rate=16000, output_rate=24000)
+    queued, dropped = burst(live, 120)
+    assert queued == 50 and dropped == 70  # 1 s kept: the user's latest words, not old ones
+
+
 def test_a_recording_is_done_only_once_the_agent_has_answered_and_gone_quiet():
     activity = _Activity()
     activity.last_event = activity.last_sound = time.monotonic() - 10

@@ -73,8 +73,8 @@ def turn_log(client: Client) -> str:
     """The conversation's turn-taking and text events, for a failure message."""
     kinds = (ev.USER_SPEECH_START, ev.USER_SPEECH_END, ev.TURN_TAKEN, ev.TRANSCRIPT, ev.TEXT_END_OF_TURN,
              ev.BARGE_IN, ev.REPLY_TEXT, ev.FIRST_AUDIO, ev.AGENT_DONE)
-    return "\n".join(f"{e.time:.3f} {e.kind} {json.dumps(e.data, default=str)}" for e in client.events.history()
-                     if e.kind in kinds)
+    lines = [f"{e.time:.3f} {e.kind} {json.dumps(e.data, default=str)}" for e in client.events.history() if e.kind in kinds]
+    return "\n".join([*lines, f"client counts {client.counts}"])
 
 
 def wait_until_free(server, timeout: float = 30.0) -> None:
