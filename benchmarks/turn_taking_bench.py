@@ -216,8 +216,10 @@ class Timed:
 
 class Words:
     """The words' vote as a session makes it (``runtime/cascade/text_turn``): the package's Whisper
-    on the turn's audio so far, then the LLM's end-of-turn probability of the transcript; each
-    call's duration is kept, and the vote reaches the policy that much later (compute included)."""
+    on the turn's audio so far, drafted by the turn's previous transcript, then the LLM's
+    end-of-turn probability of the transcript; each call's duration is kept, and the vote reaches
+    the policy that much later (compute included). The session also drafts from its partial
+    transcripts, which this does not make, so its votes come a little later here."""
 
     def __init__(self, package: str, speculate_after_ms: float):
         from edgevoice.runtime.cascade.pipeline import CascadePipeline
@@ -229,11 +231,16 @@ class Words:
         self.thinker = CascadeThinker(self.pipeline, inline, inline, lambda *a, **k: None, 22050)
         self.speculate_after_ms = speculate_after_ms
         self.ms: list[float] = []
+        self.draft: tuple[int, ...] = ()  # the current item's previous transcript
+
+    def new_turn(self) -> None:
+        self.draft = ()
 
     def __call__(self, pcm: np.ndarray) -> tuple[str, float | None, float]:
         """(transcript, probability or None, seconds it took)."""
         start = time.perf_counter()
-        transcript = self.pipeline.asr.transcribe(pcm, RATE).text.strip()
+        heard = self.pipeline.asr.transcribe(pcm, RATE, draft=self.draft)
+        self.draft, transcript = heard.tokens, heard.text.strip()
         prob = self.thinker.words_end_probability(transcript)
         seconds = time.perf_counter() - start
         self.ms.append(seconds * 1e3)
@@ -250,6 +257,8 @@ def run_ours(policy, item: Item, probs: np.ndarray, score=None, words: Words | N
     heard_from: int | None = None  # first frame of the turn's audio (the margin before the onset included)
     scores = []
     votes: dict[float, dict] = {}  # speech end -> the words' vote for its silence (due at its "at_s")
+    if words is not None:
+        words.new_turn()
     for k, chunk in enumerate(chunks):
         now = (k + 1) * FRAME / RATE
         level = float(np.sqrt(np.mean(chunk * chunk)))
