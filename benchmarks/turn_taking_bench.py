@@ -231,16 +231,15 @@ class Words:
         self.thinker = CascadeThinker(self.pipeline, inline, inline, lambda *a, **k: None, 22050)
         self.speculate_after_ms = speculate_after_ms
         self.ms: list[float] = []
-        self.draft: tuple[int, ...] = ()  # the current item's previous transcript
+        self.turn = 0  # one per item: a new item's transcript is not drafted by the last item's
 
     def new_turn(self) -> None:
-        self.draft = ()
+        self.turn += 1
 
     def __call__(self, pcm: np.ndarray) -> tuple[str, float | None, float]:
         """(transcript, probability or None, seconds it took)."""
         start = time.perf_counter()
-        heard = self.pipeline.asr.transcribe(pcm, RATE, draft=self.draft)
-        self.draft, transcript = heard.tokens, heard.text.strip()
+        transcript = self.thinker.transcribe_turn(pcm, RATE, self.turn).text.strip()
         prob = self.thinker.words_end_probability(transcript)
         seconds = time.perf_counter() - start
         self.ms.append(seconds * 1e3)

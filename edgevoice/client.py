@@ -12,9 +12,9 @@ client's own (``data["state"]``: connected, lost, reconnecting, gave_up). A mic 
 every ``frame_ms``: a live microphone keeps at most 1 s of them waiting to be sent (the oldest
 give way, counted in ``frames_dropped``), a ``FileIO`` recording keeps them all. Each frame the
 server sends back is written to the io's speaker at once, and a ``flush`` drops what is queued
-there (a barge-in). When the connection drops (the server restarts,
-the network blinks) the client reconnects with growing pauses, ``ReconnectPolicy.tries`` times at
-most; the new connection is a new conversation (the server keeps nothing of the old one).
+there (a barge-in). When the connection drops (the server restarts, the network blinks) the
+client reconnects with growing pauses, ``ReconnectPolicy.tries`` times at most; the new
+connection is a new conversation (the server keeps nothing of the old one).
 
 On a ``FileIO`` the conversation ends by itself once the recording is over and the agent has been
 quiet for ``quiet_s`` with no reply or tool call under way: the client says ``bye`` and the server
@@ -219,8 +219,8 @@ class _Link:
         self.loop = asyncio.get_running_loop()
         # A live microphone's backlog is bounded (old frames give way: the user hears the agent react
         # to what they say now); a recording loses nothing. A stalled mic thread catches up in a
-        # burst that is queued before the sender runs once, so even a short stall overflowed the
-        # bound and cut words out of a recording ("What is the capital of Japan?" -> "What the?").
+        # burst that is queued before the sender runs once, so a stall of ~1 s overflows the bound
+        # and would cut words out of a recording.
         self.frames: asyncio.Queue[bytes] = asyncio.Queue(0 if isinstance(io, FileIO) else _FRAME_BACKLOG)
         self.connected = False
         self.first_connect = threading.Event()  # the io starts then: a recording loses nothing to the handshake

@@ -245,9 +245,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
     probability for each silence (``text_score``), and the turn is taken only when the audio model
     says "complete" *and* the words could end there, and no sooner than ``text_min_silence_ms``.
     The audio model hears a falling pitch; the words know "I would like to know" is unfinished
-    however it was said. Words that never come (no
-    transcript: ``None``) leave the decision to the audio; the turn is still taken at
-    ``eot_max_silence_ms`` whatever either says.
+    however it was said. Words that never come (no transcript: ``None``) leave the decision to the
+    audio; the turn is still taken at ``eot_max_silence_ms`` whatever either says.
     """
 
     def __init__(self, options: TurnOptions = TurnOptions(), text_gate: bool = False):

@@ -302,11 +302,10 @@ def continuation(draft: Sequence[int], tokens: Sequence[int]) -> list[int]:
     remove" drafts "Set a timer for 25 minutes and remind me ..." from "timer" on."""
     if not tokens:
         return list(draft)
-    last = tokens[-1]
-    places = [i for i, token in enumerate(draft) if token == last]
-    pairs = [i for i in places if len(tokens) >= 2 and i >= 1 and draft[i - 1] == tokens[-2]]
+    places = [i for i, token in enumerate(draft) if token == tokens[-1]]
     if not places:
         return []
+    pairs = [i for i in places if len(tokens) >= 2 and i >= 1 and draft[i - 1] == tokens[-2]]
     return list(draft[(pairs or places)[0] + 1 :])
 
 

@@ -86,7 +86,7 @@ class CascadeThinker:
         started, answers = time.perf_counter(), self._answers_begun
         # An answer that begins meanwhile transcribes this audio and more, and is on the critical
         # path: the partial stops and yields the cores to it.
-        heard = self._transcribe(audio, rate, turn, stop=lambda: self._answers_begun != answers)
+        heard = self.transcribe_turn(audio, rate, turn, stop=lambda: self._answers_begun != answers)
         if heard.stopped:
             return
         text = heard.text.strip()
@@ -111,7 +111,7 @@ class CascadeThinker:
         self._answers_begun += 1  # one writer (the think worker); partials only compare it
         # A speculation the user talks over is dropped mid-transcript: its decoder steps stop at once,
         # so the next silence's answer does not queue behind a stale one.
-        heard = self._transcribe(audio, rate, turn, stop=gen.cancelled.is_set) if audio.size else None
+        heard = self.transcribe_turn(audio, rate, turn, stop=gen.cancelled.is_set) if audio.size else None
         transcript = heard.text.strip() if heard is not None and not heard.stopped else ""
         gen.transcript = transcript
         if heard is None or not heard.stopped:  # an empty transcript tells clients no answer follows
@@ -126,7 +126,7 @@ class CascadeThinker:
             self._score_words(gen, transcript, recall, turn)
         self._generate(gen, self._context(user, recall=recall), [user], turn)
 
-    def _transcribe(self, audio: np.ndarray, rate: int, turn: int, stop: Callable[[], bool] | None = None) -> Transcript:
+    def transcribe_turn(self, audio: np.ndarray, rate: int, turn: int, stop: Callable[[], bool] | None = None) -> Transcript:
         """Whisper on the turn's audio so far, drafted by the turn's previous transcript: the words
         already heard are verified in one decoder call instead of one step each (~10 ms a token)."""
         drafted_turn, draft = self._draft
