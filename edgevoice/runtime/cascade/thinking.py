@@ -34,6 +34,8 @@ from edgevoice.runtime.tools import ToolCall, ToolOutcome, ToolRunner, split_too
 from edgevoice.runtime.workers import Worker
 
 Emit = Callable[..., None]
+# The longest the reply's LLM waits for the voice's first audio (0: never waits).
+YIELD_TO_VOICE_MAX_S = 1.0
 WordsVerdict = Callable[[float, "float | None"], None]  # (speech_end, P(the words end the turn) or None)
 _MARK = "\u2063"  # an invisible separator: where the partial user text ends in a rendered prompt
 
@@ -201,8 +203,10 @@ class CascadeThinker:
             cut = phrase_cut(speakable, spoken_upto, first=phrases == 0)
             if cut:
                 llm_s = time.perf_counter() - t0  # before an inline voice job adds its own time
-                if self._queue_phrase(gen, speakable[spoken_upto:cut], resampler, turn) and first_phrase_s is None:
+                spoken = threading.Event()
+                if self._queue_phrase(gen, speakable[spoken_upto:cut], resampler, turn, spoken) and first_phrase_s is None:
                     first_phrase_s = llm_s
+                    self._yield_to_voice(gen, spoken)
                 spoken_upto, phrases = cut, phrases + 1
         speakable, calls = split_tool_text(raw, final=True)
         for call in calls[started_calls:]:
@@ -241,25 +245,45 @@ class CascadeThinker:
         words = without_trailing_punctuation(transcript)
         return llm.next_token_probability(self._prefix_ids(words, recall), self._end_ids) if words else None
 
-    def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int) -> bool:
-        """Hand ``phrase`` to the voice; False if there was nothing to say."""
+    def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int,
+                      spoken: threading.Event | None = None) -> bool:
+        """Hand ``phrase`` to the voice (``spoken`` is set once its first audio is in the reply, or
+        it ended without any); False if there was nothing to say."""
         if not phrase.strip():
             return False
-        self.speak.submit(lambda: self._synthesize(gen, phrase, resampler, turn))
+        self.speak.submit(lambda: self._synthesize(gen, phrase, resampler, turn, spoken))
         return True
 
-    def _synthesize(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int) -> None:
+    def _yield_to_voice(self, gen: Generation, spoken: threading.Event) -> None:
+        """Pause the reply's LLM until the voice has the first phrase's audio out.
+
+        On 2 CPU cores the LLM writing the rest of the reply halves the voice's speed, and the
+        first phrase's audio is what the listener waits for; the rest is needed only once that
+        phrase has played (a second or more). Bounded, so a stuck voice never stops the reply.
+        """
+        deadline = time.perf_counter() + YIELD_TO_VOICE_MAX_S
+        while time.perf_counter() < deadline and not gen.cancelled.is_set() and not spoken.wait(0.01):
+            pass
+
+    def _synthesize(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int,
+                    spoken: threading.Event | None = None) -> None:
         """Speak job: one phrase, clause by clause, into the reply."""
         start, started = gen.reply.written, time.perf_counter()
-        for piece in self.agent.tts.stream(phrase):
-            if gen.cancelled.is_set():
-                return
-            if piece.size:
-                silent_so_far = gen.reply.written == 0
-                gen.reply.append(resampler.process(piece))
-                if silent_so_far and gen.reply.written:  # the reply's first audio: the end of its critical path
-                    self._emit(ev.FIRST_SPEECH_CHUNK, turn=turn, reply=gen.id, compute_s=time.perf_counter() - started)
-        gen.reply.mark_phrase(phrase, start)
+        try:
+            for piece in self.agent.tts.stream(phrase):
+                if gen.cancelled.is_set():
+                    return
+                if piece.size:
+                    silent_so_far = gen.reply.written == 0
+                    gen.reply.append(resampler.process(piece))
+                    if spoken is not None:
+                        spoken.set()
+                    if silent_so_far and gen.reply.written:  # the reply's first audio: the end of its critical path
+                        self._emit(ev.FIRST_SPEECH_CHUNK, turn=turn, reply=gen.id, compute_s=time.perf_counter() - started)
+            gen.reply.mark_phrase(phrase, start)
+        finally:
+            if spoken is not None:
+                spoken.set()
 
     def _finish(self, gen: Generation, resampler: StreamingResampler | None = None) -> None:
         def close() -> None:
