@@ -27,6 +27,7 @@ import numpy as np
 from edgevoice.audio.wav import validate_pcm
 from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
+from edgevoice.runtime.drafts import continuation
 
 RECIPE_COMPONENTS = ("asr_encoder", "asr_decoder")
 # faster-whisper's defaults for skipping a window as silence.
@@ -294,19 +295,6 @@ class StreamingRecognizer:
         )
         self.reset()
         return final
-
-
-def continuation(draft: Sequence[int], tokens: Sequence[int]) -> list[int]:
-    """What ``draft`` says follows the last of ``tokens``: after the first place it has their last
-    two tokens, else their last one; nothing if it has neither. "Set timer for 25 minutes and
-    remove" drafts "Set a timer for 25 minutes and remind me ..." from "timer" on."""
-    if not tokens:
-        return list(draft)
-    places = [i for i, token in enumerate(draft) if token == tokens[-1]]
-    if not places:
-        return []
-    pairs = [i for i in places if len(tokens) >= 2 and i >= 1 and draft[i - 1] == tokens[-2]]
-    return list(draft[(pairs or places)[0] + 1 :])
 
 
 def _logsumexp(x: np.ndarray) -> float:
