@@ -16,7 +16,9 @@ from edgevoice.compare import Comparison, ToleranceLike, compare_outputs
 
 
 def stream_outputs(runner: Runner, feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Every output of every step (states included), stacked on a new leading axis."""
+    """Every output of every step (states included), stacked on a new leading axis; an output whose
+    shape changes between steps (an LLM's ``tail_logits`` over chunks of different lengths) is
+    flattened and joined instead, which compares the same numbers."""
     wiring = runner.component.state
     state = runner.initial_state(1)
     steps = []
@@ -24,7 +26,13 @@ def stream_outputs(runner: Runner, feeds: Sequence[Mapping[str, np.ndarray]]) ->
         outputs = runner.infer({**feed, **state})
         state = {wiring[name]: value for name, value in outputs.items() if name in wiring}
         steps.append(outputs)
-    return {name: np.stack([step[name] for step in steps]) for name in steps[0]}
+    return {name: _join([step[name] for step in steps]) for name in steps[0]}
+
+
+def _join(values: list[np.ndarray]) -> np.ndarray:
+    if all(v.shape == values[0].shape for v in values):
+        return np.stack(values)
+    return np.concatenate([v.reshape(-1) for v in values])
 
 
 def compare_runners(

@@ -208,13 +208,18 @@ class LlmModel(nn.Module):
 class LlmStep(StreamingModule):
     """A prefill (``tokens=None``: dynamic 1..prefill_max_tokens) or decode (``tokens=1``) view of an LlmModel."""
 
-    def __init__(self, llm: LlmModel, tokens: int | None = None, inputs: str = "ids"):
+    def __init__(self, llm: LlmModel, tokens: int | None = None, inputs: str = "ids", tail_logits: int = 0):
         super().__init__()
         if inputs not in ("ids", "embeds"):
             raise ValueError(f"inputs must be 'ids' or 'embeds', not {inputs!r}")
+        if tail_logits < 0:
+            raise ValueError(f"tail_logits must be >= 0, not {tail_logits}")
         self.llm = llm
         self.tokens = tokens
         self.inputs = inputs
+        # > 0: also output the logits of the last ``tail_logits`` positions, so one call can check a
+        # drafted continuation (``LlmSession.generate`` verifies prompt-lookup drafts with them).
+        self.tail_logits = tail_logits
 
     @property
     def config(self) -> LlmConfig:
@@ -233,7 +238,7 @@ class LlmStep(StreamingModule):
         return (first, InputSpec("position", ("batch",), torch.int64))
 
     def output_names(self) -> tuple[str, ...]:
-        return ("logits", "hidden")
+        return ("logits", "hidden", "tail_logits") if self.tail_logits else ("logits", "hidden")
 
     def dim_ranges(self) -> dict[str, tuple[int, int, int]]:
         if self.tokens is not None:
@@ -250,7 +255,10 @@ class LlmStep(StreamingModule):
             embeds = first.to(self.compute_dtype)
         hidden, new_caches = self.llm.run(embeds, position, caches)
         last = hidden[:, -1]  # (B, hidden)
-        return (self.llm.logits(last).float(), last.float(), *new_caches)
+        if not self.tail_logits:
+            return (self.llm.logits(last).float(), last.float(), *new_caches)
+        tail = self.llm.logits(hidden[:, -self.tail_logits :]).float()  # (B, min(T, tail_logits), vocab)
+        return (tail[:, -1], last.float(), tail, *new_caches)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.llm(input_ids)

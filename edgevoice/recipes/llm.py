@@ -52,6 +52,9 @@ PARITY_DECODE_STEPS = 4
 LLM_WEIGHTS = ("fp32", "int8")  # "int8": weight-only, activations stay float (see the module docstring)
 COMPONENT = "llm"  # the one graph; packages exported before it hold LEGACY_COMPONENTS instead
 LEGACY_COMPONENTS = ("llm_prefill", "llm_decode")
+# Positions whose logits the graph also returns (``tail_logits``): one call checks a drafted
+# continuation of up to TAIL_LOGITS - 1 tokens. The extra LM-head rows cost ~2 ms a prefill chunk.
+TAIL_LOGITS = 8
 
 
 def smollm2_gguf_path() -> Path:
@@ -202,7 +205,8 @@ def llm_components(
     loaded = loaded or load_llm(source, max_context, prefill_max_tokens)
     tokenizer_path = write_tokenizer(loaded.tokenizer_json, cache_dir)
     top = loaded.model.config.prefill_max_tokens
-    facts = stream_facts(loaded) | {"trt_profiles": trt_profiles(top)} | ({"weights": "int8"} if llm_weights == "int8" else {})
+    facts = (stream_facts(loaded) | {"trt_profiles": trt_profiles(top), "tail_logits": TAIL_LOGITS}
+             | ({"weights": "int8"} if llm_weights == "int8" else {}))
     # Logits are ~±30 and summed over 30 layers of fp32 matmuls that onnxruntime orders differently.
     tolerance = {"fp32": (2e-3, 1e-4), "fp16": (0.5, 5e-2)}
     if llm_weights == "int8":
@@ -211,7 +215,7 @@ def llm_components(
         tolerance = {"fp32": (2.0, 0.1), "fp16": (2.0, 0.1)}
     llm = RecipeComponent(
         name=COMPONENT,
-        module=LlmStep(loaded.model, tokens=None),  # dynamic tokens: prefill chunks and decode steps alike
+        module=LlmStep(loaded.model, tokens=None, tail_logits=TAIL_LOGITS),  # dynamic tokens: prefill chunks and decode steps alike
         stream=facts,
         license=LICENSE,
         parity_feeds=lambda: parity_feeds(top),

@@ -324,7 +324,9 @@ def batch_support(component: Component) -> BatchSupport:
         if BATCH_DIM not in spec.shape:
             return BatchSupport(False, f"output '{spec.name}' {_fmt(spec.shape)} has no batch dim to split rows by")
         for dim in spec.shape:
-            names = set(re.findall(r"[A-Za-z_]\w*", dim)) if isinstance(dim, str) else set()
+            # A symbolic dim names input dims and functions of them ("Max(0, tokens - 8)"): only the
+            # names that are not called as functions must be input dims.
+            names = set(re.findall(r"([A-Za-z_]\w*)(?!\w|\s*\()", dim)) if isinstance(dim, str) else set()
             if names - input_dims:
                 return BatchSupport(False, f"output '{spec.name}' has dim '{dim}', which no input fixes: rows would "
                                            "come back padded to the longest with no per-row length to cut them")

@@ -186,7 +186,8 @@ def _greedy_through_step(step, ids: list[int], count: int) -> tuple[list[int], t
     while len(out) < count:
         for start in range(0, len(feed), chunk):
             piece = feed[start : start + chunk]
-            logits, _, *state = step.step(torch.tensor([piece]), torch.tensor([position]), *state)  # logits (1, vocab)
+            outputs = step.step(torch.tensor([piece]), torch.tensor([position]), *state)
+            logits, state = outputs[0], outputs[len(step.output_names()) :]  # logits (1, vocab), then the caches
             position += len(piece)
         prompt_logits = logits[0] if prompt_logits is None else prompt_logits
         out.append(int(logits[0].argmax()))
