@@ -142,6 +142,9 @@ def shared_engines(agent: Agent, wrap: Callable[[Runner], Runner]) -> list[Runne
     pipeline.asr.decoder = wrap(pipeline.asr.decoder)
     llm.prefill_runner = wrap(llm.prefill_runner)
     llm.decode_runner = llm.prefill_runner if one_graph else wrap(llm.decode_runner)
+    # Steps share a call only at equal token counts; drafts would give each conversation's decode
+    # steps their own (1 + draft) count, so batched conversations decode one token per call.
+    llm.tail = 0
     wrapped = [pipeline.vad.runner, pipeline.asr.decoder, llm.prefill_runner]
     return wrapped if one_graph else [*wrapped, llm.decode_runner]
 

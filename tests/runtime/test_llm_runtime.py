@@ -10,6 +10,7 @@ import pytest
 
 from edgevoice.errors import EdgevoiceError
 from edgevoice.runtime.llm import (
+    DRAFT_TOKENS,
     ChatFormatter,
     LlmSession,
     SamplingConfig,
@@ -407,7 +408,7 @@ def _two_graph_entries(entry) -> dict:
     (decode with tokens fixed at 1, no ``trt_profiles``); both read llm.onnx, so no second export."""
     from dataclasses import replace
 
-    stream = {k: v for k, v in entry.stream.items() if k != "trt_profiles"}
+    stream = {k: v for k, v in entry.stream.items() if k not in ("trt_profiles", "tail_logits")}
     one_token = tuple(replace(t, shape=("batch", 1)) if t.name == "input_ids" else t for t in entry.inputs)
     return {
         "llm_prefill": replace(entry, name="llm_prefill", stream=stream),
@@ -432,8 +433,48 @@ def test_one_graph_package_prefills_in_chunks_and_decodes_single_tokens(exported
     reply = [p.token_id for p in session.generate(FRANCE, max_new_tokens=12)]
     chunks = -(-len(prompt) // 32)  # prefill_max_tokens=32
     assert calls[:chunks] == [32] * (chunks - 1) + [len(prompt) - 32 * (chunks - 1)]
-    assert calls[chunks:] == [1] * (len(calls) - chunks) and len(calls) - chunks >= len(reply) - 1
+    # Each decode call feeds the last token and at most DRAFT_TOKENS drafted ones.
+    assert all(1 <= n <= 1 + DRAFT_TOKENS for n in calls[chunks:])
+    assert len(calls) - chunks == len(reply) - session.drafted
     assert reply == [p.token_id for p in make_session(exported).generate(FRANCE, max_new_tokens=12)]
+
+
+ECHOING = [  # questions whose answers repeat their words: drafts from the prompt get confirmed
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "What is the largest planet in the solar system?"}],
+    [{"role": "user", "content": "Repeat after me: the quick brown fox jumps over the lazy dog."}],
+]
+
+
+@pytest.mark.slow
+def test_drafted_replies_are_the_greedy_replies_in_fewer_calls(exported):
+    drafted, plain = make_session(exported), make_session(exported)
+    plain.tail = 0  # as a package exported before ``tail_logits``: one call per token
+    assert drafted.tail == 8
+    confirmed = 0
+    for messages in ECHOING:
+        drafted.reset()  # the prompt is prefilled whole: ceil(len / 32) chunks
+        calls = _count_tokens_per_call(drafted.prefill_runner)
+        got = [p.token_id for p in drafted.generate(messages, max_new_tokens=24)]
+        assert got == [p.token_id for p in plain.generate(messages, max_new_tokens=24)]
+        assert drafted.tokens == plain.tokens  # rejected drafts leave nothing in the conversation
+        prefill = -(-len(drafted.prompt_ids(messages, 24)) // 32)
+        assert len(calls) - prefill == len(got) - drafted.drafted
+        confirmed += drafted.drafted
+    assert confirmed >= 6, confirmed  # 11 when written
+    sampled = SamplingConfig(temperature=1.0, seed=3)
+    list(drafted.generate(ECHOING[0], max_new_tokens=8, sampling=sampled))
+    assert drafted.drafted == 0  # a sampled reply is not greedy: never drafted
+
+
+def test_the_draft_continues_the_nearest_place_with_the_last_two_tokens():
+    from edgevoice.runtime.drafts import continuation
+
+    context = [5, 1, 2, 3, 9, 1, 2, 4, 7, 1]
+    assert continuation(context[:-1], context, latest=True) == [2, 4, 7]  # nearest "1" (no pair "7 1")
+    assert continuation(context[:-1], context) == [2, 3, 9, 1, 2, 4, 7]  # first place (Whisper's rule)
+    assert continuation([5, 9, 1, 2, 3, 7, 1, 2, 8], [9, 1], latest=True) == [2, 3, 7, 1, 2, 8]  # the pair wins
+    assert continuation([1, 2, 3], [4]) == []
 
 
 @pytest.mark.slow
