@@ -28,6 +28,12 @@ from edgevoice.targets import TargetProfile, check_precision, load_target
 
 JETPACK6_TRT = "10.3"  # every graph must parse on JetPack 6's TensorRT
 _WEIGHT_OPTIONS = ("weights", "llm", "cosyvoice", "whisper")  # weight folders: compared with their stamp, not as config values
+# The code that decides what an export writes: graphs, their inputs and outputs, stream facts.
+# Its digest goes into the manifest, so a package from other code is exported again even at
+# the same version (a runtime change alone keeps the package).
+GRAPH_SOURCE_PACKAGES = ("edgevoice.models", "edgevoice.modules", "edgevoice.recipes", "edgevoice.weights",
+                         "edgevoice.export")
+GRAPH_SOURCE_FILES = ("streaming.py", "manifest.py")  # in edgevoice/
 
 # (stage description) -> None; the CLI turns these into a progress display.
 Progress = Callable[[str], None]
@@ -114,7 +120,7 @@ def export_package(
         schema_version=1,
         edgevoice_version=__version__,
         recipe=recipe.name,
-        config=recipe.config,
+        config={**recipe.config, "graph_source": graph_source_digest()},
         target=profile.to_dict(),
         export_command=command,
         components=components,
@@ -281,6 +287,7 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
         and _same_components(manifest, model)
         and manifest.target.get("name") == profile.name
         and manifest.edgevoice_version == __version__
+        and manifest.config.get("graph_source") == graph_source_digest()
         and all(c.precision == precision or c.precision == "fp32" for c in manifest.components.values())
         and any(c.precision == precision for c in manifest.components.values())
         and all(manifest.config.get(k, "joe" if k == "voice" else None) == v
@@ -289,6 +296,26 @@ def _up_to_date(out: Path, model: str, profile: TargetProfile, precision: str, v
     )
     verified = all(c.parity for c in manifest.components.values()) or not verify
     return manifest if same and verified else None
+
+
+def graph_source_digest() -> str:
+    """sha256 (16 hex digits) of the source files that decide what an export writes, each named
+    by its place in the package, so the digest is the same wherever edgevoice is installed."""
+    import hashlib
+    import importlib
+
+    import edgevoice
+
+    named = {f"edgevoice/{name}": Path(edgevoice.__file__).parent / name for name in GRAPH_SOURCE_FILES}
+    for package in GRAPH_SOURCE_PACKAGES:
+        for root in importlib.import_module(package).__path__:
+            for path in Path(root).rglob("*"):
+                if path.is_file() and path.suffix in (".py", ".json"):
+                    named[f"{package}/{path.relative_to(root).as_posix()}"] = path
+    digest = hashlib.sha256()
+    for name in sorted(named):
+        digest.update(name.encode() + b"\0" + named[name].read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _same_components(manifest: Manifest, model: str) -> bool:

@@ -118,6 +118,21 @@ def test_up_to_date_package_is_kept(tmp_path):
     assert len(stages) > 2
 
 
+def test_a_package_exported_by_other_graph_code_is_exported_again(tmp_path):
+    # Same version, recipe and options, but the graphs came from other code (an interface may differ).
+    from dataclasses import replace
+
+    from edgevoice.export.package import graph_source_digest
+    from edgevoice.manifest import write_manifest
+
+    first = export_package(model="silero-vad", target="cpu", out=tmp_path)
+    assert first.config["graph_source"] == graph_source_digest()
+    write_manifest(replace(first, config={**first.config, "graph_source": "0" * 16}))
+    stages = []
+    again = export_package(model="silero-vad", target="cpu", out=tmp_path, progress=stages.append)
+    assert "the package is up to date" not in stages and again.config["graph_source"] == graph_source_digest()
+
+
 def test_voice_option_is_checked_before_any_work(tmp_path):
     with pytest.raises(EdgevoiceError, match="--voice applies to the cascade"):
         export_package(model="silero-vad", target="cpu", out=tmp_path, voice="kokoro")
