@@ -26,7 +26,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgevoice.runtime.cascade.pipeline import DEFAULT_SYSTEM_PROMPT, CascadePipeline, phrase_cut  # noqa: E402
+from edgevoice.runtime.cascade.pipeline import (
+    DEFAULT_SYSTEM_PROMPT,
+    CascadePipeline,
+    phrase_cut,
+)
 
 QUESTIONS = (
     "What is the capital of France?", "What is the largest planet in the solar system?",
@@ -84,8 +88,8 @@ def main() -> None:
     rows = []
     for question in QUESTIONS:
         messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}]
-        plain = best_of(args.repeats, lambda: one_reply(llm, messages, 0))
-        drafted = best_of(args.repeats, lambda: one_reply(llm, messages, tail))
+        plain = best_of(args.repeats, lambda messages=messages: one_reply(llm, messages, 0))
+        drafted = best_of(args.repeats, lambda messages=messages: one_reply(llm, messages, tail))
         row = {"question": question, "reply": llm.tokenizer.decode(plain["tokens"]), "tokens": len(plain["tokens"]),
                "same_tokens": plain["tokens"] == drafted["tokens"], "calls": [plain["calls"], drafted["calls"]],
                "drafted": drafted["drafted"],

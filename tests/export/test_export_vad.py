@@ -123,6 +123,7 @@ def test_a_package_exported_by_other_graph_code_is_exported_again(tmp_path):
     from dataclasses import replace
 
     from edgevoice.export.package import graph_source_digest
+
     from edgevoice.manifest import write_manifest
 
     first = export_package(model="silero-vad", target="cpu", out=tmp_path)

@@ -10,7 +10,6 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from edgevoice.runtime.cascade import thinking
 from edgevoice.runtime.cascade.asr import Transcript
