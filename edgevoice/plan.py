@@ -36,6 +36,7 @@ from edgevoice.manifest import Component, Manifest
 from edgevoice.targets import TargetProfile
 
 _DIM_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+_DIM_CALLS = {"Max": max, "Min": min}
 COUNTED_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU")
 GB = 1e9
 
@@ -189,6 +190,10 @@ def _evaluate_dim(expression: str, dims: dict[str, int]) -> int | None:
         if isinstance(node, ast.BinOp) and type(node.op) in _DIM_OPS:
             left, right = value(node.left), value(node.right)
             return None if left is None or right is None else _DIM_OPS[type(node.op)](left, right)
+        # Clamped dims as torch's exporter writes them: the LLM's "Max(0, tokens - Max(0, tokens - 8))".
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DIM_CALLS:
+            args = [value(arg) for arg in node.args]
+            return None if not args or None in args else _DIM_CALLS[node.func.id](args)
         return None
 
     return value(tree)

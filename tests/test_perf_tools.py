@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from edgevoice.bench import BenchConfig, run_bench
-from edgevoice.plan import plan_package
+from edgevoice.plan import _evaluate_dim, plan_package
 from edgevoice.targets import load_target
 
 from pathlib import Path
@@ -30,6 +30,15 @@ def test_plan_counts_the_llm_and_shares_jetson_memory(cascade_package):
     memory = plan.memory
     assert memory["shared_with_cpu"] and memory["available_bytes"] < 8e9 and memory["fits"]
     assert plan.turn["first_audio_s"] == pytest.approx(sum(plan.turn["stages_s"].values()))
+
+
+def test_exported_dim_expressions_are_evaluated():
+    # The LLM's tail_logits keep the last min(tokens, 8) positions; the exporter writes it with Max.
+    tail = "Max(0, tokens - Max(0, tokens - 8))"
+    assert [_evaluate_dim(tail, {"tokens": t}) for t in (1, 8, 16)] == [1, 8, 8]
+    assert _evaluate_dim("3*tokens", {"tokens": 5}) == 15 and _evaluate_dim("Min(tokens, 4)", {"tokens": 9}) == 4
+    assert _evaluate_dim("Max(tokens, cache)", {"tokens": 1}) is None  # an unknown dim stays unknown
+    assert _evaluate_dim("Floor(tokens)", {"tokens": 2}) is None  # a function not understood is not guessed
 
 
 def test_plan_is_a_lower_bound_of_measured_steps_on_this_cpu(cascade_package):
