@@ -90,15 +90,28 @@ class TurnOptions:
     # age of wisdom," is complete to both and lasts ~0.5 s. LiveKit Agents holds a "complete" turn
     # the same way (min_endpointing_delay, 0.5 s). The speculative answer starts long before it.
     text_min_silence_ms: float = 600.0
+    # Words this likely to end the turn take it at ``text_sure_min_silence_ms`` even while the audio
+    # model still says "incomplete" (by "words"; it is then no longer asked); None: the audio model must
+    # agree. Smart Turn hears some finished questions as unfinished for a second or more ("Why is the
+    # sky blue?" 0.007 at 224 ms, "complete" only at 1.5 s). 3 of the 30 finished requests of the
+    # calibration list reach 0.7, none of its cut ones 0.03; on the turn-taking set 0.7 added no
+    # cut-off and 0.5 one (a reader's pause after "... received for good.", 0.56): BENCHMARKS.md.
+    text_eot_sure: float | None = 0.7
+    # The floor for sure words, in place of ``text_min_silence_ms``: the reader's pauses the floor is
+    # for follow words scored 0.03-0.35. With the votes delivered at once (no compute), floors of
+    # 300-500 ms for sure words cut off no more of the turn-taking set than 600; 400 keeps a margin.
+    text_sure_min_silence_ms: float = 400.0
 
     def __post_init__(self) -> None:
         for name in ("threshold", "eot_threshold", "text_eot_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        if self.text_eot_sure is not None and not self.text_eot_threshold <= self.text_eot_sure < 1.0:
+            raise ValueError(f"text_eot_sure must be in [text_eot_threshold, 1) or None, got {self.text_eot_sure}")
         if self.onset_frames < 1:
             raise ValueError(f"onset_frames must be at least 1, got {self.onset_frames}")
         for name in ("endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
-                     "min_level", "eot_first_check_ms", "text_min_silence_ms"):
+                     "min_level", "eot_first_check_ms", "text_min_silence_ms", "text_sure_min_silence_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.eot_recheck_ms <= 0:  # zero would score the turn on every frame
@@ -114,7 +127,8 @@ class TurnEnd:
 
     silence_ms: float  # silence after the last speech frame when the turn was taken
     eot_prob: float | None  # the end-of-turn model's last score of that silence; None: no model, or no score yet
-    by: str  # "vad" (endpoint silence), "model" (score >= threshold) or "max_silence"
+    # "vad" (endpoint silence), "model" (score >= threshold), "words" (``text_eot_sure``) or "max_silence"
+    by: str
     text_prob: float | None = None  # the transcript's end-of-turn probability; None: not scored (no text gate)
 
 
@@ -243,7 +257,9 @@ class SemanticTurnPolicy(VadTurnPolicy):
 
     With ``text_gate`` the user's words vote too: the session hands in the transcript's end-of-turn
     probability for each silence (``text_score``), and the turn is taken only when the audio model
-    says "complete" *and* the words could end there, and no sooner than ``text_min_silence_ms``.
+    says "complete" *and* the words could end there, and no sooner than ``text_min_silence_ms``;
+    words that all but certainly end there (``text_eot_sure``) need no "complete" from the audio and
+    end the turn sooner (``text_sure_min_silence_ms``).
     The audio model hears a falling pitch; the words know "I would like to know" is unfinished
     however it was said. Words that never come (no transcript: ``None``) leave the decision to the
     audio; the turn is still taken at ``eot_max_silence_ms`` whatever either says.
@@ -285,7 +301,7 @@ class SemanticTurnPolicy(VadTurnPolicy):
             return Decision.NONE  # the user spoke again, or the turn is already over: stale
         self._follow_silence(speech_end)
         self._words_heard, self._words_prob = True, None if text_prob is None else float(text_prob)
-        return self._end_if_words_agree(time) if self._audio_complete else Decision.NONE
+        return self._end_if_words_agree(time) if self._audio_complete or self._words_sure() else Decision.NONE
 
     @property
     def words_unfinished(self) -> bool:
@@ -297,11 +313,19 @@ class SemanticTurnPolicy(VadTurnPolicy):
             return Decision.NONE  # wait for the words, or hold: they are unfinished
         if self._too_soon_for_words(time):
             return Decision.NONE  # agreed, but too soon: ``_user_speaking`` takes it once the silence is long enough
-        return self._end_turn(self._silence_ms(time), self._last_prob, "model")
+        return self._end_turn(self._silence_ms(time), self._last_prob, "model" if self._audio_complete else "words")
 
     def _too_soon_for_words(self, time: float) -> bool:
         """Words that agree end the turn no sooner than ``text_min_silence_ms`` (no words: the audio alone)."""
-        return self.text_gate and self._words_prob is not None and self._silence_ms(time) < self.options.text_min_silence_ms
+        if not self.text_gate or self._words_prob is None:
+            return False
+        floor = self.options.text_sure_min_silence_ms if self._words_sure() else self.options.text_min_silence_ms
+        return self._silence_ms(time) < floor
+
+    def _words_sure(self) -> bool:
+        """The words alone are enough (``text_eot_sure``): no need to wait for the audio model's "complete"."""
+        sure = self.options.text_eot_sure
+        return sure is not None and self._words_prob is not None and self._words_prob >= sure
 
     def _words_finished(self) -> bool:
         return self._words_prob is None or self._words_prob >= self.options.text_eot_threshold
@@ -319,7 +343,8 @@ class SemanticTurnPolicy(VadTurnPolicy):
         silence_ms = self._silence_ms(time)
         if silence_ms >= self.options.eot_max_silence_ms:
             return self._end_turn(silence_ms, self._last_prob, "max_silence")
-        if self.text_gate and self._audio_complete:  # the words decide, once the silence is long enough
+        # Audio "complete" or sure words: the words decide, once the silence is long enough.
+        if self.text_gate and (self._audio_complete or self._words_sure()):
             return self._end_if_words_agree(time)
         # Once the audio said "complete", more audio scores add nothing: the words decide.
         if self._awaited is None and not self._audio_complete and silence_ms >= self._next_check_ms:

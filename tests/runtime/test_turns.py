@@ -299,3 +299,32 @@ def test_without_the_gate_words_change_nothing():
 def test_the_words_threshold_is_validated():
     with pytest.raises(ValueError, match="text_eot_threshold"):
         TurnOptions(text_eot_threshold=0.0)
+
+
+def test_sure_words_take_the_turn_while_the_audio_still_says_incomplete():
+    # "... in the solar system?": Smart Turn says "incomplete" for a second, the words are plainly done.
+    pattern, incomplete_audio = "s" * 30 + "." * 80, 0.2
+    sure = SemanticTurnPolicy(text_gate=True)  # the default mark, 0.7
+    decisions = converse_with_words(sure, pattern, incomplete_audio, lambda end: 0.75, words_at_ms=64)
+    silence_ms = (decisions[-1][0] - 30 * FRAME) * 1000
+    # At the sure words' floor (400 ms), not before, and not at text_min_silence_ms (600 ms).
+    assert decisions[-1][1] is Decision.END_OF_TURN and 400 <= silence_ms < 432
+    # Once the words are sure (at 64 ms here) the audio model is no longer asked: no score to report.
+    assert sure.turn_end.by == "words" and sure.turn_end.text_prob == 0.75 and sure.turn_end.eot_prob is None
+    # Words below the sure mark still wait for the audio ("complete" never comes: the maximum silence).
+    unsure = SemanticTurnPolicy(text_gate=True)
+    converse_with_words(unsure, pattern, incomplete_audio, lambda end: 0.6, words_at_ms=64)
+    assert unsure.turn_end.by == "max_silence"
+    # Off (the audio model must agree) when None.
+    off = SemanticTurnPolicy(TurnOptions(text_eot_sure=None), text_gate=True)
+    converse_with_words(off, pattern, incomplete_audio, lambda end: 0.99, words_at_ms=64)
+    assert off.turn_end.by == "max_silence"
+    # With the audio saying "complete" too: sure words still end at 400 ms (the audio, first asked at
+    # 200 ms, is not asked once the words are sure at 64 ms); merely finished ones at 600 ms.
+    for words_prob, floor_ms, by in ((0.75, 400, "words"), (0.3, 600, "model")):
+        policy = SemanticTurnPolicy(text_gate=True)
+        decisions = converse_with_words(policy, pattern, 0.9, lambda end: words_prob, words_at_ms=64)
+        assert policy.turn_end.by == by and floor_ms <= (decisions[-1][0] - 30 * FRAME) * 1000 < floor_ms + 32
+    for bad in (0.001, 1.0):  # below text_eot_threshold (0.01), or never reachable
+        with pytest.raises(ValueError, match="text_eot_sure"):
+            TurnOptions(text_eot_sure=bad)

@@ -125,8 +125,9 @@ def test_talk_ends_turns_on_the_end_of_turn_model_unless_told_not_to(cascade_pac
         [taken] = [e["data"] for e in map(json.loads, events.read_text().splitlines()) if e["kind"] == "turn_taken"]
         return taken
 
-    semantic = turn_taken()  # the audio model and the words agree: taken at text_min_silence_ms
-    assert semantic["endpoint"] == "model" and semantic["eot_prob"] >= 0.5 and 600 <= semantic["silence_ms"] < 700
+    # "What is the capital of France?": words sure enough to end the turn at text_sure_min_silence_ms.
+    semantic = turn_taken()
+    assert semantic["endpoint"] == "words" and semantic["text_eot_prob"] >= 0.7 and 400 <= semantic["silence_ms"] < 500
     audio_only = turn_taken("--no-text-endpointing")
     assert audio_only["endpoint"] == "model" and audio_only["eot_prob"] >= 0.5 and audio_only["silence_ms"] < 300
     vad_only = turn_taken("--no-semantic-endpointing")

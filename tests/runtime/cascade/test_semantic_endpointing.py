@@ -127,13 +127,17 @@ def test_unfinished_words_hold_a_pause_the_audio_model_calls_complete(cascade_pa
 
 
 @pytest.mark.slow
-def test_a_complete_turn_is_answered_at_the_first_check(cascade_package):
+def test_sure_words_answer_a_complete_turn_the_audio_model_calls_unfinished(cascade_package):
     question = espeak("Could you please tell me what the capital of France is?")
-    session = converse(cascade_package, [silence(0.5), question, silence(1.5)], ScriptedTurnModel(0.0))
+    never_complete = ScriptedTurnModel(complete_after_s=99.0)  # as Smart Turn is with some finished questions
+    session = converse(cascade_package, [silence(0.5), question, silence(1.5)], never_complete)
     [end] = session.events.history(ev.USER_SPEECH_END)
-    # The words agree: taken at text_min_silence_ms, whatever the machine's speed.
-    assert end.data["endpoint"] == "model" and 600 <= end.data["silence_ms"] < 632
-    assert end.time - end.data["speech_end"] < 0.65
+    # Words this sure take the turn at text_sure_min_silence_ms, whatever the audio model says.
+    options = TurnOptions()
+    assert end.data["endpoint"] == "words" and end.data["text_eot_prob"] >= options.text_eot_sure
+    # Within two frames of the floor: frames here come every ~33 ms, and one 399.99 ms short of it waits.
+    assert options.text_sure_min_silence_ms <= end.data["silence_ms"] < options.text_sure_min_silence_ms + 2 * 34
+    assert end.time - end.data["speech_end"] < 0.5
     [transcript] = session.events.history(ev.TRANSCRIPT)
     assert transcript.data["speculative"] and transcript.time < end.time  # under way before the check
     [first_audio] = session.events.history(ev.FIRST_AUDIO)
