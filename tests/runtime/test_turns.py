@@ -323,7 +323,7 @@ def test_sure_words_take_the_turn_while_the_audio_still_says_incomplete():
     # 200 ms, is not asked once the words are sure at 64 ms); merely finished ones at 600 ms.
     for words_prob, floor_ms, by in ((0.75, 400, "words"), (0.3, 600, "model")):
         policy = SemanticTurnPolicy(text_gate=True)
-        decisions = converse_with_words(policy, pattern, 0.9, lambda end: words_prob, words_at_ms=64)
+        decisions = converse_with_words(policy, pattern, 0.9, lambda end, prob=words_prob: prob, words_at_ms=64)
         assert policy.turn_end.by == by and floor_ms <= (decisions[-1][0] - 30 * FRAME) * 1000 < floor_ms + 32
     for bad in (0.001, 1.0):  # below text_eot_threshold (0.01), or never reachable
         with pytest.raises(ValueError, match="text_eot_sure"):
