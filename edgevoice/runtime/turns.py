@@ -301,7 +301,7 @@ class SemanticTurnPolicy(VadTurnPolicy):
             return Decision.NONE  # the user spoke again, or the turn is already over: stale
         self._follow_silence(speech_end)
         self._words_heard, self._words_prob = True, None if text_prob is None else float(text_prob)
-        return self._end_if_words_agree(time) if self._audio_complete or self._words_sure() else Decision.NONE
+        return self._end_if_words_agree(time) if self._words_decide() else Decision.NONE
 
     @property
     def words_unfinished(self) -> bool:
@@ -316,11 +316,16 @@ class SemanticTurnPolicy(VadTurnPolicy):
         return self._end_turn(self._silence_ms(time), self._last_prob, "model" if self._audio_complete else "words")
 
     def _too_soon_for_words(self, time: float) -> bool:
-        """Words that agree end the turn no sooner than ``text_min_silence_ms`` (no words: the audio alone)."""
+        """Words that agree end the turn no sooner than ``text_min_silence_ms``, sure words no sooner
+        than ``text_sure_min_silence_ms`` (no words: the audio alone)."""
         if not self.text_gate or self._words_prob is None:
             return False
         floor = self.options.text_sure_min_silence_ms if self._words_sure() else self.options.text_min_silence_ms
         return self._silence_ms(time) < floor
+
+    def _words_decide(self) -> bool:
+        """The audio said "complete", or the words are sure: what is left is the words' floor."""
+        return self._audio_complete or self._words_sure()
 
     def _words_sure(self) -> bool:
         """The words alone are enough (``text_eot_sure``): no need to wait for the audio model's "complete"."""
@@ -343,8 +348,7 @@ class SemanticTurnPolicy(VadTurnPolicy):
         silence_ms = self._silence_ms(time)
         if silence_ms >= self.options.eot_max_silence_ms:
             return self._end_turn(silence_ms, self._last_prob, "max_silence")
-        # Audio "complete" or sure words: the words decide, once the silence is long enough.
-        if self.text_gate and (self._audio_complete or self._words_sure()):
+        if self.text_gate and self._words_decide():  # once the silence is long enough
             return self._end_if_words_agree(time)
         # Once the audio said "complete", more audio scores add nothing: the words decide.
         if self._awaited is None and not self._audio_complete and silence_ms >= self._next_check_ms:
