@@ -400,7 +400,8 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
         "settings": {
             "semantic": {k: getattr(options, k) for k in ("eot_first_check_ms", "eot_threshold", "eot_recheck_ms",
                                                           "eot_max_silence_ms", "threshold", "min_level",
-                                                          "text_eot_threshold", "text_eot_sure")},
+                                                          "text_eot_threshold", "text_eot_sure",
+                                                          "text_min_silence_ms", "text_sure_min_silence_ms")},
             **({"semantic_words": {"speculate_after_ms": words.speculate_after_ms}} if words is not None else {}),
             **({"pipecat_smart_turn_v3": pipecat.settings} if pipecat is not None else {}),
         },
