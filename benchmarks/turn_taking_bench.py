@@ -12,12 +12,14 @@ after ``stop_secs``, the analyzer's own silence timeout otherwise; ``wait_for_tr
 so no STT wait is added). Apart from the words' compute, no wall clock decides anything: pipecat's analyzer reads a
 virtual ``time.monotonic``.
 
-Two sets, built at run time (espeak-ng voices and rates varied, sox resampling without dither):
-"pause" items, a sentence with a 0.7-1.5 s thinking pause in the middle, and "complete" items, a
-whole question or statement. Each item: 0.5 s of silence, the speech, 2.5 s of silence.
+Two kinds of item, built at run time (espeak-ng voices and rates varied, sox resampling without
+dither): "pause" items, a sentence with a 0.7-1.5 s thinking pause in the middle, and "complete"
+items, a whole question or statement. Each item: 0.5 s of silence, the speech, 2.5 s of silence.
+The sentences come from ``benchmarks/turn_taking_sets.py``: set "a" (the default) is the one the
+defaults were tuned on, set "b" (``--espeak-set b``) is held out to check a change on.
 
-    python benchmarks/turn_taking_bench.py [--package engines/cpu] [--pause-items 24] [--complete-items 24] [--no-peer] [--no-words]
-        [--real-speech [--real-recordings beckett.wav,two_cities.wav]]
+    python benchmarks/turn_taking_bench.py [--package engines/cpu] [--espeak-set a|b] [--pause-items N] [--complete-items N]
+        [--no-peer] [--no-words] [--real-speech [--real-recordings beckett.wav,two_cities.wav]]
 
 ``--real-speech`` adds human read speech, cut the same way into pause and complete items (see
 ``benchmarks/turn_taking_real.py``: read prosody, pauses stretched by inserted silence); each item
@@ -49,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmark's own modules beside it
 
 from turn_taking_score import judge, percentile, results_by_source, summarize  # noqa: E402
+from turn_taking_sets import ESPEAK_SETS, EspeakSet  # noqa: E402
 
 RATE = 16000
 FRAME = 512  # one VAD frame: 32 ms
@@ -56,63 +59,6 @@ LEAD_S = 0.5
 TAIL_S = 2.5
 VOICED = 1e-3  # |sample| above this is part of espeak's speech (its silence is digital zero)
 ONE_CHECK_RECHECK_MS = 60_000.0  # longer than any silence here: the first score is the only one
-
-PAUSE_ITEMS = (
-    ("I would like to know", "what the weather is like tomorrow."),
-    ("Can you tell me", "how far the moon is?"),
-    ("What I really want is", "a table for two at eight."),
-    ("Could you remind me to", "call my sister tonight?"),
-    ("The thing I keep forgetting is", "where I parked the car."),
-    ("I was wondering if", "you could play some jazz."),
-    ("Please set an alarm for", "six thirty in the morning."),
-    ("How long does it take to", "boil an egg?"),
-    ("My favourite part of the trip was", "the boat ride on the lake."),
-    ("Can you find me a recipe for", "something with chickpeas?"),
-    ("I need to send an email to", "my manager about the meeting."),
-    ("What is the best way to", "learn a new language?"),
-    ("Tell me about the history of", "the Roman empire."),
-    ("I think the answer is", "somewhere around forty two."),
-    ("Could you turn the lights", "down in the living room?"),
-    ("Remind me what time", "the train leaves on Friday."),
-    ("I'd like to order", "a large pizza with mushrooms."),
-    ("What should I cook for", "dinner tonight?"),
-    ("Do you know if", "the museum is open on Mondays?"),
-    ("The reason I'm asking is that", "my flight was cancelled."),
-    ("Can you explain how", "a rainbow forms?"),
-    ("I want to book a flight to", "Lisbon next weekend."),
-    ("So the problem with my laptop is", "it will not turn on."),
-    ("Could you add milk and", "eggs to my shopping list?"),
-)
-
-COMPLETE_ITEMS = (
-    "What is the capital of France?",
-    "How far away is the moon?",
-    "Can you tell me a fun fact about cats?",
-    "What time is it in Tokyo right now?",
-    "Please turn off the kitchen lights.",
-    "How do I make a cup of tea?",
-    "I would like to know what the weather is like tomorrow.",
-    "Set a timer for ten minutes.",
-    "Who wrote the novel Pride and Prejudice?",
-    "What is the tallest mountain in the world?",
-    "Play some relaxing music.",
-    "How many days are there in a leap year?",
-    "Thanks, that was really helpful.",
-    "Can you recommend a good book to read?",
-    "What is the square root of one hundred and forty four?",
-    "Remind me to water the plants tomorrow morning.",
-    "Why is the sky blue?",
-    "How do you say thank you in Japanese?",
-    "I need a taxi to the airport.",
-    "What's the difference between a frog and a toad?",
-    "Tell me a joke.",
-    "Is it going to rain this afternoon?",
-    "Add bread to my shopping list.",
-    "How long does it take to fly to London?",
-)
-
-VOICES = (("en-us", 160), ("en-gb", 175), ("en-us+f3", 145), ("en-us+m7", 190), ("en-gb+f2", 140), ("en-us", 180))
-
 
 # --- the set ------------------------------------------------------------------------------------
 
@@ -165,10 +111,10 @@ def pause_seconds(index: int) -> float:
     return 0.7 + 0.1 * ((index * 4) % 9)
 
 
-def build_set(pause_items: int, complete_items: int) -> list[Item]:
-    items = []
-    for i, (first, second) in enumerate(PAUSE_ITEMS[:pause_items]):
-        voice, rate = VOICES[i % len(VOICES)]
+def build_set(espeak: EspeakSet, pause_items: int, complete_items: int) -> list[Item]:
+    items, voices = [], espeak.voices
+    for i, (first, second) in enumerate(espeak.pause[:pause_items]):
+        voice, rate = voices[i % len(voices)]
         a, b = speak(first, voice, rate), speak(second, voice, rate)
         gap, lead = silence(pause_seconds(i)), silence(LEAD_S)
         pause_start = (lead.size + a.size) / RATE
@@ -176,8 +122,8 @@ def build_set(pause_items: int, complete_items: int) -> list[Item]:
         audio = np.concatenate([lead, a, gap, b, silence(TAIL_S)])
         items.append(Item("pause", f"{first} ... {second}", voice, rate, audio, pause_end + b.size / RATE,
                           (pause_start, pause_end)))
-    for i, text in enumerate(COMPLETE_ITEMS[:complete_items]):
-        voice, rate = VOICES[(i + 3) % len(VOICES)]
+    for i, text in enumerate(espeak.complete[:complete_items]):
+        voice, rate = voices[(i + 3) % len(voices)]
         speech = speak(text, voice, rate)
         audio = np.concatenate([silence(LEAD_S), speech, silence(TAIL_S)])
         items.append(Item("complete", text, voice, rate, audio, LEAD_S + speech.size / RATE))
@@ -325,7 +271,7 @@ def tool_version(command: list[str]) -> str:
 
 
 def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms: float = 1000.0,
-        with_words: bool = True, real_speech: list[str] | None = None) -> dict:
+        with_words: bool = True, real_speech: list[str] | None = None, espeak_set: str = "a") -> dict:
     import onnxruntime
 
     from edgevoice.manifest import read_manifest
@@ -346,7 +292,7 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
     timed(np.zeros(RATE, np.float32))  # warm-up, not counted
     timed.ms.clear()
 
-    items = build_set(pause_items, complete_items)
+    items = build_set(ESPEAK_SETS[espeak_set], pause_items, complete_items)
     policies = {
         "vad_600ms": lambda: VadTurnPolicy(TurnOptions(endpoint_silence_ms=600.0)),
         "vad_300ms": lambda: VadTurnPolicy(TurnOptions(endpoint_silence_ms=300.0)),
@@ -405,7 +351,8 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
             **({"semantic_words": {"speculate_after_ms": words.speculate_after_ms}} if words is not None else {}),
             **({"pipecat_smart_turn_v3": pipecat.settings} if pipecat is not None else {}),
         },
-        "set": {"pause_items": sum(i.kind == "pause" for i in items),
+        "set": {"espeak_set": espeak_set,
+                "pause_items": sum(i.kind == "pause" for i in items),
                 "complete_items": sum(i.kind == "complete" for i in items),
                 "voices": sorted({f"{i.voice} -s {i.rate}" for i in items if i.source == "espeak"}),
                 "pause_s": sorted({round(i.pause[1] - i.pause[0], 1) for i in items if i.pause}),
@@ -434,8 +381,10 @@ def run(package: str, pause_items: int, complete_items: int, peer: bool, late_ms
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--package", default="engines/cpu", help="cascade package with the 'vad' and 'turn' components")
-    parser.add_argument("--pause-items", type=int, default=len(PAUSE_ITEMS))
-    parser.add_argument("--complete-items", type=int, default=len(COMPLETE_ITEMS))
+    parser.add_argument("--espeak-set", choices=sorted(ESPEAK_SETS), default="a",
+                        help="which sentences (benchmarks/turn_taking_sets.py): 'a' tuned on, 'b' held out")
+    parser.add_argument("--pause-items", type=int, help="the first N pause items of the set (default: all)")
+    parser.add_argument("--complete-items", type=int, help="the first N complete items of the set (default: all)")
     parser.add_argument("--no-peer", action="store_true", help="skip pipecat's analyzer")
     parser.add_argument("--no-words", action="store_true", help="skip the words' vote (Whisper + LLM per silence)")
     parser.add_argument("--real-speech", action="store_true",
@@ -445,12 +394,16 @@ def main() -> None:
     parser.add_argument("--late-ms", type=float, default=1000.0, help="an endpoint delay above this is a late turn")
     parser.add_argument("--out", help="write the JSON here (default: benchmarks/results/ if it exists, else stdout)")
     args = parser.parse_args()
-    if not 0 < args.pause_items <= len(PAUSE_ITEMS) or not 0 < args.complete_items <= len(COMPLETE_ITEMS):
-        parser.error(f"--pause-items must be 1..{len(PAUSE_ITEMS)} and --complete-items 1..{len(COMPLETE_ITEMS)}")
+    espeak = ESPEAK_SETS[args.espeak_set]
+    pause_items = len(espeak.pause) if args.pause_items is None else args.pause_items
+    complete_items = len(espeak.complete) if args.complete_items is None else args.complete_items
+    if not 0 < pause_items <= len(espeak.pause) or not 0 < complete_items <= len(espeak.complete):
+        parser.error(f"set {args.espeak_set!r}: --pause-items must be 1..{len(espeak.pause)} "
+                     f"and --complete-items 1..{len(espeak.complete)}")
 
-    report = run(args.package, args.pause_items, args.complete_items, peer=not args.no_peer, late_ms=args.late_ms,
+    report = run(args.package, pause_items, complete_items, peer=not args.no_peer, late_ms=args.late_ms,
                  with_words=not args.no_words,
-                 real_speech=args.real_recordings.split(",") if args.real_speech else None)
+                 real_speech=args.real_recordings.split(",") if args.real_speech else None, espeak_set=args.espeak_set)
     text = json.dumps(report, indent=2)
     out = Path(args.out) if args.out else None
     results_dir = Path(__file__).resolve().parent / "results"

@@ -1,8 +1,8 @@
 """The turn-taking benchmark's peer: pipecat's ``LocalSmartTurnAnalyzerV3`` behind pipecat's own
 Silero VAD analyzer, driven frame by frame the way pipecat's ``TurnAnalyzerUserTurnStopStrategy``
 drives it (see ``benchmarks/turn_taking_bench.py``). pipecat-ai is installed for the benchmark only,
-``--no-deps`` as the README's setup does; the analyzer also imports three of its dependencies:
-``pip install loguru wait_for2 loudness``.
+``--no-deps`` as the README's setup does; the analyzer also imports three of its dependencies,
+which the ``dev`` extra installs (``loguru wait_for2 loudness``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""benchmarks/turn_taking_bench.py on a tiny set (2 pause + 2 complete items, our policies, no peer)."""
+"""benchmarks/turn_taking_bench.py on tiny sets: 2 pause + 2 complete items of set "a" with our
+policies, and 1 + 1 of the held-out set "b" with the peer (pipecat's analyzer) and no words' vote."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark's own modules
+from turn_taking_sets import SET_B  # noqa: E402
 FRAME_MS = 32.0
 POLICIES = ("vad_600ms", "vad_300ms", "semantic", "semantic_one_check", "semantic_words")
 
@@ -27,11 +30,24 @@ def report(cascade_package, tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def peer_report(cascade_package, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("turn_taking_peer") / "report.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/turn_taking_bench.py", "--package", str(cascade_package.directory),
+         "--espeak-set", "b", "--pause-items", "1", "--complete-items", "1", "--no-words", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(out.read_text())
+
+
 def test_report_says_what_was_measured_and_where(report):
     assert report["bench"] == "turn_taking" and report["frame_ms"] == FRAME_MS
     assert {"onnxruntime", "numpy", "python", "espeak-ng", "sox"} <= set(report["versions"])
     assert "pipecat-ai" not in report["versions"] and set(report["results"]) == set(POLICIES)
     assert report["set"]["pause_items"] == 2 and report["set"]["complete_items"] == 2
+    assert report["set"]["espeak_set"] == "a"
     assert report["aims"] == {"false_cutoff_rate_max": 0.05, "median_endpoint_delay_ms_max": 300.0}
     kinds = [item["kind"] for item in report["items"]]
     assert kinds == ["pause", "pause", "complete", "complete"]
@@ -94,3 +110,17 @@ def test_the_words_vote_counts_only_after_its_compute(report):
             assert last["at_s"] >= item["speech_end_s"] + speculate_s + last["compute_ms"] / 1000 - 0.1
     first_pause_vote = report["items"][0]["policies"]["semantic_words"]["words"][0]
     assert first_pause_vote["prob"] < settings["semantic"]["text_eot_threshold"]  # "I would like to know"
+
+
+def test_the_peer_runs_on_the_held_out_set(peer_report):
+    """The README's setup installs pipecat-ai --no-deps and the dev extra the three modules its
+    analyzer imports: the peer must run, not be skipped."""
+    assert peer_report["set"]["espeak_set"] == "b" and peer_report["versions"]["pipecat-ai"]
+    assert set(peer_report["results"]) == {*POLICIES, "pipecat_smart_turn_v3"} - {"semantic_words"}
+    assert [item["text"] for item in peer_report["items"]] == [" ... ".join(SET_B.pause[0]), SET_B.complete[0]]
+    peer = peer_report["results"]["pipecat_smart_turn_v3"]
+    counted = peer["false_cutoffs"] + peer["complete_cut_early"] + sum(peer["missed"].values()) \
+        + peer["endpoint_delay_ms"]["n"] + peer["pause_items_endpoint_delay_ms"]["n"]
+    assert counted == 2
+    assert peer_report["score_cost_ms"]["pipecat_smart_turn_v3"]["n"] >= 1  # the analyzer was asked
+    assert peer_report["settings"]["pipecat_smart_turn_v3"]["smart_turn"]["stop_secs"] > 0
