@@ -13,6 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the benchmark's own modules
 from turn_taking_sets import SET_B  # noqa: E402
+
 FRAME_MS = 32.0
 POLICIES = ("vad_600ms", "vad_300ms", "semantic", "semantic_one_check", "semantic_words")
 
