@@ -28,14 +28,15 @@ import functools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from edgevoice.audio.io import AudioIO, FileIO
 from edgevoice.errors import EdgevoiceError
 from edgevoice.runtime import events as ev
-from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
+from edgevoice.runtime.conversation import BackgroundConversation
+from edgevoice.runtime.events import Event, EventBus
 from edgevoice.serve import protocol as wire
 
 CONNECTION = "connection"  # the client's own event kind: data {"state", "attempt", "code", "reason"}
@@ -90,7 +91,7 @@ class _Activity:
                 and now - self.last_sound >= quiet_s)
 
 
-class Client:
+class Client(BackgroundConversation):
     """Streams an ``AudioIO`` to an `edgevoice serve` conversation; the same events API as ``Agent``."""
 
     def __init__(self, url: str, token: str | None = None, *, reconnect: ReconnectPolicy = ReconnectPolicy(),
@@ -101,69 +102,36 @@ class Client:
         self.token, self.reconnect, self.frame_ms = token, reconnect, frame_ms
         self.quiet_s, self.tail_limit_s = quiet_s, tail_limit_s
         self.events = EventBus()  # the server's events and ours; .history() as a session's
+        super().__init__(self.events)
         self.io: AudioIO | None = None
-        self.error: BaseException | None = None
         self.session_ids: list[str] = []  # one per connection that got "ready"
         self.server_summary: dict[str, Any] = {}
         self.counts = {"frames_sent": 0, "frames_dropped": 0, "frames_received": 0, "flushes": 0, "reconnects": 0}
-        self._thread: threading.Thread | None = None
-        self._finished = threading.Event()
-        self._stopping = threading.Event()
 
-    # --- the Agent-like API ------------------------------------------------------------------
-
-    def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
-        return self.events.subscribe(callback, kind)
-
-    def write_events(self, stream) -> Callable[[], None]:
-        """Write every event as a JSON line to ``stream`` (what ``--events`` does)."""
-        return self.events.subscribe(JsonLinesWriter(stream))
+    # --- the Agent-like API (on, write_events, wait and the context manager: BackgroundConversation) ---
 
     def start(self, io: AudioIO, seconds: float | None = None) -> Client:
         """Connect and stream ``io`` in the background; returns self (a context manager)."""
         if isinstance(io, FileIO) and io.pace is None:
             raise EdgevoiceError("a server listens in real time: open the FileIO with pace=1.0")
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             raise EdgevoiceError("this client is already streaming; stop() it first")
-        self.io, self.error = io, None
-        self._finished.clear()
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._main, args=(io, seconds), name="edgevoice-client", daemon=True)
-        self._thread.start()
+        self.io = io
+        self._start_thread(self._main, (io, seconds), "edgevoice-client")
         return self
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the conversation is over; False on timeout. Raises what ended it, if it failed."""
-        done = self._finished.wait(timeout)
-        if done and self.error is not None:
-            raise self.error
-        return done
 
     def stop(self) -> None:
         """Say bye and close; the io is stopped."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15.0)
+        self._join(timeout=15.0)
 
     def run(self, io: AudioIO, seconds: float | None = None) -> Client:
         """Blocking: stream ``io`` until the recording is answered, ``seconds`` pass, or stop()."""
-        self.start(io, seconds)
-        try:
-            self.wait()
-        finally:
-            self.stop()
+        self._run_to_end(io, seconds)
         return self
 
     def summary(self) -> dict[str, Any]:
         """The server's summary of the last conversation (its ``session_end``) and the client's counts."""
         return {**self.server_summary, **self.counts}
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- inside ---------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ virtual clock instead: deterministic, faster than real time.
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Sequence
@@ -31,14 +30,15 @@ from edgevoice.manifest import read_manifest
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.pipeline import DEFAULT_SYSTEM_PROMPT, CascadePipeline
 from edgevoice.runtime.cascade.session import DuplexSession, SessionOptions
-from edgevoice.runtime.events import Event, EventBus, JsonLinesWriter
+from edgevoice.runtime.conversation import BackgroundConversation
+from edgevoice.runtime.events import Event, EventBus
 from edgevoice.runtime.tools import Tool, ToolRunner
 
 FREEZE_OMNI_RECIPES = ("freeze-omni", "tiny")  # packages whose glue is runtime/freeze_omni/pipeline.py
 VOCALNET_RECIPES = ("vocalnet", "vocalnet-tiny")  # packages whose glue is runtime/vocalnet/pipeline.py
 
 
-class Agent:
+class Agent(BackgroundConversation):
     """Load a package once; register tools and subscribers; start/stop conversations on any audio I/O."""
 
     def __init__(self, package: str | Path, *, backend: str = "ort", device: str = "cpu",
@@ -81,12 +81,9 @@ class Agent:
                                  f"freeze-omni, tiny, vocalnet or vocalnet-tiny packages (`edgevoice export --model cascade --out DIR`)")
         self.options = options  # backchannels off unless options.backchannels is set
         self.bus = EventBus()
+        super().__init__(self.bus)
         self._tools: list[Tool] = []
         self.session: DuplexSession | None = None
-        self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._finished = threading.Event()
-        self.error: BaseException | None = None  # what ended the listen loop, if it failed
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -120,14 +117,6 @@ class Agent:
         """The registered tools, in order (each conversation gets its own runner over them)."""
         return tuple(self._tools)
 
-    def on(self, kind: str | None, callback: Callable[[Event], None]) -> Callable[[], None]:
-        """Call ``callback`` for every event of ``kind`` (None: all); returns an unsubscribe function."""
-        return self.bus.subscribe(callback, kind)
-
-    def write_events(self, stream) -> Callable[[], None]:
-        """Write every event as a JSON line to ``stream`` (what ``talk --events`` does)."""
-        return self.bus.subscribe(JsonLinesWriter(stream))
-
     def microphone(self, backend: str = "sounddevice", **device_options: Any) -> AudioIO:
         """The sound card as audio I/O (``DeviceConfig`` fields as keywords), at the package's rates."""
         from edgevoice.audio.device_io import DeviceConfig
@@ -143,41 +132,24 @@ class Agent:
         It ends after ``seconds`` of session time, at ``stop()``, on a device failure, or — on a
         ``FileIO`` — once the recording is over and the agent has nothing left to say or do.
         """
-        if self._thread is not None and self._thread.is_alive():
+        if self.running:
             raise EdgevoiceError("this agent is already in a conversation; stop() it first")
         self.session = self._new_session(io)
-        self._stopping.clear()
-        self._finished.clear()
-        self.error = None
         io.start()
         end = None if seconds is None else io.clock.now() + seconds
-        self._thread = threading.Thread(target=self._listen, args=(end,), name="edgevoice-listen", daemon=True)
-        self._thread.start()
+        self._start_thread(self._listen, (end,), "edgevoice-listen")
         return self
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the conversation ends (stop, end of a recording, device failure); False on timeout."""
-        done = self._finished.wait(timeout)
-        if done and self.error is not None:
-            raise self.error
-        return done
 
     def stop(self) -> None:
         """End the conversation: cancel the reply, stop every stage and the audio."""
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+        self._join(timeout=5.0)
         if self.session is not None:
             self.session.close()
             self.session.io.stop()
 
     def run(self, io: AudioIO, seconds: float | None = None) -> DuplexSession:
         """Blocking: converse on ``io`` for ``seconds`` (None: until the recording ends or stop())."""
-        self.start(io, seconds)
-        try:
-            self.wait()
-        finally:
-            self.stop()
+        self._run_to_end(io, seconds)
         return self.session
 
     async def arun(self, io: AudioIO, seconds: float | None = None) -> DuplexSession:
@@ -197,12 +169,6 @@ class Agent:
                     return
         finally:
             unsubscribe()
-
-    def __enter__(self) -> "Agent":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
     # --- inside ----------------------------------------------------------------------------------
 
