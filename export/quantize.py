@@ -25,11 +25,18 @@ Two more forms, both onnxruntime-loadable and both refused by TensorRT's ONNX pa
 
 Int8 activations on TensorRT (static QuantizeLinear/DequantizeLinear pairs around activations
 too, e.g. from NVIDIA ModelOpt) is a different export, not one of these files.
+
+A GGUF's own blocks (``weights_block_codes``, ``llm_weights="gguf"``) are not a re-quantization:
+the file's 4/8-bit codes and fp16 scales are written as they are (int8 codes, a per-block scale
+and Q4_1's per-block offset, standard ops only), and the onnxruntime backend fuses them into
+4-bit ``MatMulNBits`` at load, in memory (``edgevoice.backends.ort_blocks``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from edgevoice.errors import EdgevoiceError, MissingDependencyError
 
@@ -151,3 +158,133 @@ def op_types(path: Path) -> set[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     return {node.op_type for node in model.graph.node}
+
+
+# --- a GGUF's own blocks (llm_weights="gguf") --------------------------------------------------
+
+
+def weights_block_codes(model, codes) -> int:
+    """Rewrite ``model`` in place: each MatMul weight that is one of ``codes`` (``BlockCodes``, matched
+    by value) becomes the GGUF's integer codes; returns how many. Standard opset-20 ops only:
+
+        B = Reshape(Mul(DequantizeLinear(codes int8 (blocks, 32, out)), scale (blocks, 1, out)), (in, out))
+        y = MatMul(x, B) [+ MatMul(ReduceSum(Reshape(x, (..., blocks, 32)), -1), offset (blocks, out))]
+
+    The second term is Q4_1's per-block offset: the sum of a block's inputs times its offset. Plain
+    onnxruntime and TensorRT rebuild B (TensorRT folds it at build time, so the engine holds float
+    weights); the onnxruntime backend fuses each B into ``MatMulNBits`` at load
+    (``edgevoice.backends.ort_blocks``), where the 4-bit codes are read as they are.
+    """
+    from onnx import numpy_helper
+
+    by_print = {c.fingerprint: c for c in codes}
+    initializers = {t.name: t for t in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    shapes = _value_shapes(model)
+    nodes, added, replaced, orphans = [], [], 0, set()
+    for node in model.graph.node:
+        found = _block_weight(node, initializers, producers, by_print) if node.op_type == "MatMul" else None
+        x_shape, y_shape = shapes.get(node.input[0]), shapes.get(node.output[0])
+        if found is None or x_shape is None or y_shape is None or len(x_shape) not in (2, 3):
+            nodes.append(node)
+            continue
+        block, transpose = found
+        nodes += _block_matmul(node, block, len(x_shape), added)
+        _state_shapes(model, node, block, x_shape, y_shape)
+        replaced += 1
+        if transpose is not None:
+            orphans.add(transpose.output[0])
+    readers = {name for node in nodes for name in node.input}
+    nodes = [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] in orphans and n.output[0] not in readers)]
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept + [numpy_helper.from_array(a, n) for n, a in added])
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return replaced
+
+
+def _block_weight(node, initializers: dict, producers: dict, by_print: dict):
+    """(BlockCodes, the Transpose it came through or None) of a MatMul's B, if B is one of the codes."""
+    from onnx import numpy_helper
+
+    from edgevoice.weights.llm.gguf_blocks import fingerprint
+
+    name, transpose = node.input[1], None
+    if name not in initializers and name in producers and producers[name].op_type == "Transpose":
+        transpose = producers[name]  # the tied LM head reads the embedding table through a Transpose
+        perm = next((list(a.ints) for a in transpose.attribute if a.name == "perm"), [1, 0])
+        if perm != [1, 0] or transpose.input[0] not in initializers:
+            return None
+        name = transpose.input[0]
+    if name not in initializers or len(initializers[name].dims) != 2:
+        return None
+    values = numpy_helper.to_array(initializers[name])
+    if values.dtype != np.float32:
+        return None
+    block = by_print.get(fingerprint(values.T if transpose is not None else values))
+    return (block, transpose) if block is not None else None
+
+
+def _block_matmul(node, block, rank: int, added: list) -> list:
+    """The nodes that replace MatMul ``node`` (its output name kept); their initializers go to ``added``."""
+    from onnx import helper
+
+    from edgevoice.weights.llm.gguf_blocks import BLOCK
+
+    out_features, in_features = block.codes.shape
+    blocks = in_features // BLOCK
+    base = f"{node.name or node.output[0]}_gguf"
+    added += [
+        (f"{base}_codes", np.ascontiguousarray(block.codes.T.reshape(blocks, BLOCK, out_features))),  # (blocks, 32, out)
+        (f"{base}_unit", np.array(1.0, np.float32)),
+        (f"{base}_zero", np.array(0, np.int8)),
+        (f"{base}_scale", np.ascontiguousarray(block.scale.T.reshape(blocks, 1, out_features))),
+        (f"{base}_shape", np.array([in_features, out_features], np.int64)),
+    ]
+    weight = f"{base}_weight"
+    nodes = [
+        helper.make_node("DequantizeLinear", [f"{base}_codes", f"{base}_unit", f"{base}_zero"], [f"{base}_float"],
+                         name=f"{base}_dq"),
+        helper.make_node("Mul", [f"{base}_float", f"{base}_scale"], [f"{base}_scaled"], name=f"{base}_mul"),
+        helper.make_node("Reshape", [f"{base}_scaled", f"{base}_shape"], [weight], name=f"{base}_reshape"),
+    ]
+    if block.offset is None:
+        return nodes + [helper.make_node("MatMul", [node.input[0], weight], list(node.output), name=node.name)]
+    # Q4_1: + sum over each block of inputs x its offset; x is (B, T, in) or (T, in).
+    added += [(f"{base}_xshape", np.array([0] * (rank - 1) + [blocks, BLOCK], np.int64)),
+              (f"{base}_axes", np.array([-1], np.int64)),
+              (f"{base}_offset", np.ascontiguousarray(block.offset.T))]  # (blocks, out)
+    return nodes + [
+        helper.make_node("MatMul", [node.input[0], weight], [f"{base}_main"], name=node.name),
+        helper.make_node("Reshape", [node.input[0], f"{base}_xshape"], [f"{base}_xblocks"], name=f"{base}_xreshape"),
+        helper.make_node("ReduceSum", [f"{base}_xblocks", f"{base}_axes"], [f"{base}_xsums"], keepdims=0,
+                         name=f"{base}_xsum"),
+        helper.make_node("MatMul", [f"{base}_xsums", f"{base}_offset"], [f"{base}_shift"], name=f"{base}_offsets"),
+        helper.make_node("Add", [f"{base}_main", f"{base}_shift"], list(node.output), name=f"{base}_add"),
+    ]
+
+
+def _value_shapes(model) -> dict[str, list]:
+    """Shape (dim values or names) of every value the graph states or onnx infers."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    return {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param for d in v.type.tensor_type.shape.dim]
+            for v in (*graph.value_info, *graph.input, *graph.output) if v.type.tensor_type.HasField("shape")}
+
+
+def _state_shapes(model, node, block, x_shape: list, y_shape: list) -> None:
+    """value_info for the new tensors, so shape-reading tools (the planner) still count the MatMuls."""
+    from onnx import TensorProto, helper
+
+    from edgevoice.weights.llm.gguf_blocks import BLOCK
+
+    out_features, in_features = block.codes.shape
+    base = f"{node.name or node.output[0]}_gguf"
+    shapes = {f"{base}_weight": [in_features, out_features]}
+    if block.offset is not None:
+        shapes |= {f"{base}_main": y_shape, f"{base}_shift": y_shape, f"{base}_xsums": x_shape[:-1] + [in_features // BLOCK]}
+    model.graph.value_info.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+                                  for name, shape in shapes.items())

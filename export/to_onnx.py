@@ -16,10 +16,12 @@ import json
 import logging
 import warnings
 from pathlib import Path
+
 import onnx
 import torch
 from torch import nn
 
+from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, DimRange, TensorSpec
 from edgevoice.recipes.base import RecipeComponent
 from edgevoice.streaming import StreamingModule
@@ -44,6 +46,11 @@ def with_precision(component: RecipeComponent, precision: str) -> RecipeComponen
     if precision not in _PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     module = copy.deepcopy(component.module).set_compute_dtype(_PRECISIONS[precision])
+    if precision != "fp32" and component.stream.get("weights") == "gguf":
+        # GGUF codes replace float32 weights (onnxruntime's 4-bit CPU kernels); an fp16 graph is for
+        # TensorRT, which would fold them back to float anyway: it keeps its fp16 weights.
+        stream = {k: v for k, v in component.stream.items() if k != "weights"}
+        return dataclasses.replace(component, module=module, stream=stream, block_codes=None)
     return dataclasses.replace(component, module=module)
 
 
@@ -98,6 +105,13 @@ def export_onnx(
         from edgevoice.export.quantize import weights_int8_dq
 
         weights_int8_dq(model)
+    elif component.stream.get("weights") == "gguf":  # the GGUF's own codes, standard ops (export/quantize.py)
+        from edgevoice.export.quantize import weights_block_codes
+
+        if precision != "fp32" or weights_block_codes(model, component.block_codes()) == 0:
+            raise EdgevoiceError(f"{component.name}: GGUF-coded weights need an fp32 export of a GGUF model's "
+                                 f"quantized weights (precision {precision}, no weight matched its codes); "
+                                 f"export with llm_weights='fp32' instead")
     entry = _manifest_entry(component, model, precision, max_batch, opt_batch)
     _write_metadata(model, entry)
     onnx.save(model, str(path))

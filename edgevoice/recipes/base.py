@@ -29,6 +29,9 @@ class RecipeComponent:
     )
     # Data files copied into the package for the runtime: name in the package -> source path.
     files: dict[str, Path] = field(default_factory=dict)
+    # With stream["weights"] == "gguf": () -> the weights' integer codes (``weights.llm.gguf_blocks.BlockCodes``),
+    # which the exporter writes in place of the float initializers they match.
+    block_codes: Callable[[], list[Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,17 @@ The tokenizer ships as a ``tokenizers`` JSON rebuilt from the GGUF metadata (or 
 own tokenizer.json), listed in ``RecipeComponent.files`` for the exporter to copy into the package. Everything the
 runtime needs to drive the graph (stop ids, context size, chat template) is in ``stream``.
 
-``llm_weights="int8"`` exports the linear weights as int8 + per-channel ``DequantizeLinear`` (the
-form TensorRT 10.3 parses; ``edgevoice.export.quantize.weights_int8_dq``), 540 -> 223 MB.
-It is not the default: greedy output left the fp32 graph's on 2 of the 4 benchmark prompts within
-32 tokens (measured 2026-12-04, BENCHMARKS.md), so fp32 stays the reference.
+``llm_weights="gguf"`` (the cascade's choice) keeps the GGUF file's own codes instead of float32:
+each Q4_1 linear weight and the Q8_0 embedding as the LM head, written in standard ops that
+TensorRT 10.3's parser takes (``edgevoice.export.quantize.weights_block_codes``) and fused into
+onnxruntime's 4-bit ``MatMulNBits`` when the onnxruntime backend loads the graph
+(``edgevoice.backends.ort_blocks``). The codes are the file's, so nothing is rounded again: greedy
+output equals the fp32 graph's on the benchmark prompts, decode runs ~1.4x faster on the CPU and the
+graph is half the size (515 -> 267 MB; BENCHMARKS.md, 2026-12-06). It applies to fp32 exports;
+fp16 ones (GPU targets) keep fp16 weights. A Hugging Face directory has no codes: fp32 there.
+``llm_weights="int8"`` exports the linear weights as int8 + per-channel ``DequantizeLinear``
+(``edgevoice.export.quantize.weights_int8_dq``), 540 -> 223 MB; greedy output left the fp32
+graph's on 2 of the 4 benchmark prompts within 32 tokens (measured 2026-12-04, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ TOKENIZER_FILE = "llm_tokenizer.json"
 # Prompt used by parity feeds: a ChatML turn, as the runtime sends them.
 PARITY_PROMPT_IDS = (1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198)
 PARITY_DECODE_STEPS = 4
-LLM_WEIGHTS = ("fp32", "int8")  # "int8": weight-only, activations stay float (see the module docstring)
+# "int8": weight-only, activations stay float; "gguf": the GGUF file's own 4/8-bit codes (module docstring).
+LLM_WEIGHTS = ("fp32", "int8", "gguf")
 COMPONENT = "llm"  # the one graph; packages exported before it hold LEGACY_COMPONENTS instead
 LEGACY_COMPONENTS = ("llm_prefill", "llm_decode")
 # Positions whose logits the graph also returns (``tail_logits``): one call checks a drafted
@@ -197,16 +205,18 @@ def llm_components(
 ) -> list[RecipeComponent]:
     """The one ``llm`` component over the weights (pass ``loaded`` to reuse a load), in a list.
 
-    ``llm_weights`` is "fp32" or "int8"; the exporter reads ``stream["weights"]`` (absent for fp32,
-    so fp32 manifests stay as they were).
+    ``llm_weights`` is "fp32", "int8" or "gguf"; the exporter reads ``stream["weights"]`` (absent for
+    fp32, so fp32 manifests stay as they were).
     """
     if llm_weights not in LLM_WEIGHTS:
         raise EdgevoiceError(f"llm_weights must be one of {', '.join(LLM_WEIGHTS)}, not {llm_weights!r}")
     loaded = loaded or load_llm(source, max_context, prefill_max_tokens)
+    if llm_weights == "gguf" and not loaded.source.endswith(".gguf"):
+        raise EdgevoiceError(f"llm_weights='gguf' keeps a GGUF file's codes; {loaded.source} is not a .gguf file")
     tokenizer_path = write_tokenizer(loaded.tokenizer_json, cache_dir)
     top = loaded.model.config.prefill_max_tokens
     facts = (stream_facts(loaded) | {"trt_profiles": trt_profiles(top), "tail_logits": TAIL_LOGITS}
-             | ({"weights": "int8"} if llm_weights == "int8" else {}))
+             | ({"weights": llm_weights} if llm_weights != "fp32" else {}))
     # Logits are ~±30 and summed over 30 layers of fp32 matmuls that onnxruntime orders differently.
     tolerance = {"fp32": (2e-3, 1e-4), "fp16": (0.5, 5e-2)}
     if llm_weights == "int8":
@@ -221,5 +231,13 @@ def llm_components(
         parity_feeds=lambda: parity_feeds(top),
         parity_tolerance=tolerance,
         files={TOKENIZER_FILE: tokenizer_path},
+        block_codes=(lambda: gguf_codes(loaded)) if llm_weights == "gguf" else None,
     )
     return [llm]
+
+
+def gguf_codes(loaded: LoadedLlm) -> list:
+    """The GGUF's Q4_0/Q4_1/Q8_0 weights as ``BlockCodes``, rows in the loaded module's order."""
+    from edgevoice.weights.llm.gguf_blocks import block_codes
+
+    return block_codes(gguf_weights.open_gguf(loaded.source), loaded.model.config)
