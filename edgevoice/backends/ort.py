@@ -105,6 +105,25 @@ def _profile_shapes(component: Component, key: str) -> str:
     return ",".join(parts)
 
 
+def _graph_to_load(component: Component, onnx_path: Path) -> str | bytes:
+    """The path, or for weights kept as a GGUF's codes (``stream["weights"] == "gguf"``) the graph
+    with its codes fused into onnxruntime's 4-bit kernels (``ort_blocks``): run as written, every
+    call would rebuild the float weights."""
+    if component.stream.get("weights") != "gguf":
+        return str(onnx_path)
+    try:
+        import onnx
+    except ImportError as exc:
+        raise MissingDependencyError.for_module("onnx", "ort", f"running {component.name}'s GGUF-coded weights") from exc
+    from edgevoice.backends.ort_blocks import fuse_block_weights
+
+    model = onnx.load(str(onnx_path))
+    if fuse_block_weights(model) == 0:
+        raise EdgevoiceError(f"{onnx_path} says its weights are GGUF codes but holds none in the expected form; "
+                             f"export the package again")
+    return model.SerializeToString()
+
+
 class OrtRunner(Runner):
     backend = "ort"
 
@@ -126,7 +145,7 @@ class OrtRunner(Runner):
         session_options.enable_cpu_mem_arena = self.options.cpu_memory_arena
         providers = choose_providers(ort.get_available_providers(), self.options.device, self.options.trt_provider)
         configured = provider_options(providers, component, self.options.trt_cache_dir)
-        self.session = ort.InferenceSession(str(onnx_path), session_options, providers=configured)
+        self.session = ort.InferenceSession(_graph_to_load(component, onnx_path), session_options, providers=configured)
         self.providers = self.session.get_providers()
         self._output_names = [o.name for o in component.outputs]
 
