@@ -171,9 +171,10 @@ def weights_block_codes(model, codes) -> int:
         y = MatMul(x, B) [+ MatMul(ReduceSum(Reshape(x, (..., blocks, 32)), -1), offset (blocks, out))]
 
     The second term is Q4_1's per-block offset: the sum of a block's inputs times its offset. Plain
-    onnxruntime and TensorRT rebuild B (TensorRT folds it at build time, so the engine holds float
-    weights); the onnxruntime backend fuses each B into ``MatMulNBits`` at load
-    (``edgevoice.backends.ort_blocks``), where the 4-bit codes are read as they are.
+    onnxruntime rebuilds B on every call; the onnxruntime backend fuses each B into ``MatMulNBits``
+    at load (``edgevoice.backends.ort_blocks``), where the 4-bit codes are read as they are. The
+    graph passes the TensorRT 10.3 static op check; TensorRT has never built it (it should fold B
+    to float weights at build time).
     """
     from onnx import numpy_helper
 
@@ -235,7 +236,7 @@ def _block_matmul(node, block, rank: int, added: list) -> list:
 
     out_features, in_features = block.codes.shape
     blocks = in_features // BLOCK
-    base = f"{node.name or node.output[0]}_gguf"
+    base = _gguf_name(node)
     added += [
         (f"{base}_codes", np.ascontiguousarray(block.codes.T.reshape(blocks, BLOCK, out_features))),  # (blocks, 32, out)
         (f"{base}_unit", np.array(1.0, np.float32)),
@@ -266,6 +267,11 @@ def _block_matmul(node, block, rank: int, added: list) -> list:
     ]
 
 
+def _gguf_name(node) -> str:
+    """Prefix of the tensors and nodes that replace MatMul ``node``."""
+    return f"{node.name or node.output[0]}_gguf"
+
+
 def _value_shapes(model) -> dict[str, list]:
     """Shape (dim values or names) of every value the graph states or onnx infers."""
     import onnx
@@ -282,7 +288,7 @@ def _state_shapes(model, node, block, x_shape: list, y_shape: list) -> None:
     from edgevoice.weights.llm.gguf_blocks import BLOCK
 
     out_features, in_features = block.codes.shape
-    base = f"{node.name or node.output[0]}_gguf"
+    base = _gguf_name(node)
     shapes = {f"{base}_weight": [in_features, out_features]}
     if block.offset is not None:
         shapes |= {f"{base}_main": y_shape, f"{base}_shift": y_shape, f"{base}_xsums": x_shape[:-1] + [in_features // BLOCK]}
