@@ -143,6 +143,19 @@ def test_gguf_weights_need_a_gguf_file(tmp_path):
 # --- the real model ---------------------------------------------------------------------------
 
 
+def test_an_fp16_export_keeps_float_weights_and_says_so():
+    from edgevoice.export.to_onnx import with_precision
+
+    from edgevoice.recipes.llm import llm_components, load_llm
+
+    (llm,) = llm_components(loaded=load_llm(max_context=64, prefill_max_tokens=8), llm_weights="gguf")
+    assert llm.stream["weights"] == "gguf" and llm.block_codes is not None
+    fp16 = with_precision(llm, "fp16")  # a GPU target's graph: TensorRT, no MatMulNBits
+    assert "weights" not in fp16.stream and fp16.block_codes is None
+    fp32 = with_precision(llm, "fp32")
+    assert fp32.stream["weights"] == "gguf" and fp32.block_codes is llm.block_codes
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """SmolLM2's one graph exported twice from one load: float weights, and the GGUF's codes."""
