@@ -1,8 +1,8 @@
 """Load-time fusion of a GGUF's integer codes into onnxruntime's 4-bit kernels.
 
 A graph exported with ``llm_weights="gguf"`` keeps each quantized weight as the file's codes in
-standard ops only, so that TensorRT's parser and any ONNX runtime read it
-(``edgevoice.export.quantize.weights_block_codes``)::
+standard ops only, which pass the TensorRT 10.3 static op check (TensorRT itself has never built
+such a graph) and which any ONNX runtime reads (``edgevoice.export.quantize.weights_block_codes``)::
 
     B = Reshape(Mul(DequantizeLinear(codes int8 (blocks, 32, out)), scale (blocks, 1, out)), (in, out))
 

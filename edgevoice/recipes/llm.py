@@ -16,8 +16,9 @@ own tokenizer.json), listed in ``RecipeComponent.files`` for the exporter to cop
 runtime needs to drive the graph (stop ids, context size, chat template) is in ``stream``.
 
 ``llm_weights="gguf"`` (the cascade's choice) keeps the GGUF file's own codes instead of float32:
-each Q4_1 linear weight and the Q8_0 embedding as the LM head, written in standard ops that
-TensorRT 10.3's parser takes (``edgevoice.export.quantize.weights_block_codes``) and fused into
+each Q4_1 linear weight and the Q8_0 embedding as the LM head, written in standard ops that pass
+the TensorRT 10.3 static op check (``edgevoice.export.quantize.weights_block_codes``; never built
+by TensorRT) and fused into
 onnxruntime's 4-bit ``MatMulNBits`` when the onnxruntime backend loads the graph
 (``edgevoice.backends.ort_blocks``). The codes are the file's, so nothing is rounded again: greedy
 output equals the fp32 graph's on the benchmark prompts, decode runs ~1.4x faster on the CPU and the
