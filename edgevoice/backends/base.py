@@ -11,6 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
+from edgevoice.backends.abort import Abort
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, TensorSpec
 
@@ -23,12 +24,22 @@ class Runner:
     def __init__(self, component: Component):
         self.component = component
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, np.ndarray], abort: Abort | None = None) -> dict[str, np.ndarray]:
+        """Outputs for ``feeds``; with ``abort``, raises ``CallAborted`` once another thread sets it."""
         self._validate(feeds)
-        return self._infer_impl(feeds)
+        if abort is None:
+            return self._infer_impl(feeds)
+        return self._infer_abortable(feeds, abort)
 
     def _infer_impl(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _infer_abortable(self, feeds: Mapping[str, np.ndarray], abort: Abort) -> dict[str, np.ndarray]:
+        """A backend that cannot stop a call midway runs it whole, checking the flag before and after."""
+        abort.check()
+        outputs = self._infer_impl(feeds)
+        abort.check()
+        return outputs
 
     def initial_state(self, batch_size: int = 1) -> dict[str, np.ndarray]:
         """Zero state for ``batch_size`` sessions, shaped from the manifest."""

@@ -3,7 +3,8 @@
 The speak stage appends phrase audio (at the speaker rate) while the listen loop moves it into the
 speaker ring; the two run on different threads, so the buffer is guarded by a lock that is only
 held for copies, never while a model runs. A ``Generation`` ties the reply to the job that
-produces it: barge-in sets ``cancelled`` and every stage stops at its next check.
+produces it: barge-in sets ``cancelled`` and every stage stops at its next check; an engine call
+given ``abort`` (Whisper's encoder) stops at once instead.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+from edgevoice.backends.abort import Abort
 
 _ids = itertools.count(1)
 
@@ -95,6 +98,7 @@ class Generation:
         self.id = next(_ids)
         self.reply = ReplyAudio()
         self.cancelled = threading.Event()
+        self.abort = Abort()  # set with ``cancelled``: stops the engine calls given it mid-call
         self.done = threading.Event()  # the think and speak stages have both stopped
         self.speculative = speculative  # made before the turn ended; played only once released
         self.released = threading.Event()  # playback allowed
@@ -109,3 +113,4 @@ class Generation:
 
     def cancel(self) -> None:
         self.cancelled.set()
+        self.abort.set()

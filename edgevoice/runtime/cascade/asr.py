@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgevoice.audio.wav import validate_pcm
+from edgevoice.backends.abort import Abort, CallAborted
 from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
 from edgevoice.runtime.drafts import continuation
@@ -103,13 +104,14 @@ class WhisperAsr:
         decoder = open_runner(manifest, "asr_decoder", backend=backend, device=device)
         return cls(encoder, decoder, manifest.path(decoder.component.stream["tokenizer"]))
 
-    def encode(self, pcm: np.ndarray) -> dict[str, np.ndarray]:
-        """Cross-attention K/V of one window of at most ``max_samples`` samples."""
+    def encode(self, pcm: np.ndarray, abort: Abort | None = None) -> dict[str, np.ndarray]:
+        """Cross-attention K/V of one window of at most ``max_samples`` samples (``CallAborted`` once
+        ``abort`` is set)."""
         if pcm.size > self.max_samples:
             raise EdgevoiceError(f"one Whisper window holds at most {self.max_samples} samples, got {pcm.size}; split the audio")
         window = np.zeros((1, self.window_samples), dtype=np.float32)
         window[0, : pcm.size] = pcm
-        return self.encoder.infer({"audio": window, "length": np.array([pcm.size], dtype=np.int64)})
+        return self.encoder.infer({"audio": window, "length": np.array([pcm.size], dtype=np.int64)}, abort)
 
     def decode(self, cross: dict[str, np.ndarray], max_new_tokens: int | None = None,
                stop: Callable[[], bool] | None = None, draft: Sequence[int] = ()) -> _WindowResult:
@@ -163,11 +165,13 @@ class WhisperAsr:
         return token, float(scores[token] - _logsumexp(scores))
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int | None = None, max_new_tokens: int | None = None,
-                   stop: Callable[[], bool] | None = None, draft: Sequence[int] = ()) -> Transcript:
+                   stop: Callable[[], bool] | None = None, draft: Sequence[int] = (),
+                   abort: Abort | None = None) -> Transcript:
         """Text of mono float32 PCM; audio longer than one window is decoded window by window.
 
         ``stop`` (optional) is asked between windows, after each encode and before each decoder
-        step; once it says True the result so far comes back with ``stopped`` set. ``draft``
+        step; once it says True the result so far comes back with ``stopped`` set. ``abort``
+        (optional) also stops the encoder mid-call, with the same result. ``draft``
         (optional): the tokens of an earlier transcript of the start of this audio, checked in one
         decoder call (see ``decode``); it only speeds the first window up.
         """
@@ -178,10 +182,13 @@ class WhisperAsr:
         skipped, stopped, drafted = 0, False, 0
         for start in range(0, pcm.size, self.max_samples):
             t0 = time.perf_counter()
-            cross = self.encode(pcm[start : start + self.max_samples])
+            try:
+                cross = self.encode(pcm[start : start + self.max_samples], abort)
+            except CallAborted:
+                cross = None
             t1 = time.perf_counter()
             encode_s += t1 - t0
-            if stop is not None and stop():
+            if cross is None or (stop is not None and stop()):
                 stopped = True
                 break
             result = self.decode(cross, max_new_tokens, stop, draft if start == 0 else ())

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from edgevoice.audio.resample import StreamingResampler
+from edgevoice.backends.abort import Abort
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.asr import Transcript
 from edgevoice.runtime.cascade.pipeline import CascadePipeline, phrase_cut, prompt_messages
@@ -111,9 +112,9 @@ class CascadeThinker:
             return
         started = time.perf_counter()
         self._answers_begun += 1  # one writer (the think worker); partials only compare it
-        # A speculation the user talks over is dropped mid-transcript: its decoder steps stop at once,
-        # so the next silence's answer does not queue behind a stale one.
-        heard = self.transcribe_turn(audio, rate, turn, stop=gen.cancelled.is_set) if audio.size else None
+        # A speculation the user talks over is dropped mid-transcript: its encoder call and decoder
+        # steps stop at once, so the next silence's answer does not queue behind a stale one.
+        heard = self.transcribe_turn(audio, rate, turn, stop=gen.cancelled.is_set, abort=gen.abort) if audio.size else None
         transcript = heard.text.strip() if heard is not None and not heard.stopped else ""
         gen.transcript = transcript
         if heard is None or not heard.stopped:  # an empty transcript tells clients no answer follows
@@ -128,11 +129,13 @@ class CascadeThinker:
             self._score_words(gen, transcript, recall, turn)
         self._generate(gen, self._context(user, recall=recall), [user], turn)
 
-    def transcribe_turn(self, audio: np.ndarray, rate: int, turn: int, stop: Callable[[], bool] | None = None) -> Transcript:
+    def transcribe_turn(self, audio: np.ndarray, rate: int, turn: int, stop: Callable[[], bool] | None = None,
+                        abort: Abort | None = None) -> Transcript:
         """Whisper on the turn's audio so far, drafted by the turn's previous transcript: the words
         already heard are verified in one decoder call instead of one step each (~10 ms a token)."""
         drafted_turn, draft = self._draft
-        heard = self.agent.asr.transcribe(audio, rate, stop=stop, draft=draft if drafted_turn == turn else ())
+        heard = self.agent.asr.transcribe(audio, rate, stop=stop, draft=draft if drafted_turn == turn else (),
+                                          abort=abort)
         if not heard.stopped:
             self._draft = (turn, heard.tokens)
         return heard

@@ -5,6 +5,8 @@ The graphs are exported once per module (about 40 s on 2 cores), hence ``slow``.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from conftest import espeak
@@ -12,6 +14,7 @@ from edgevoice.export.to_onnx import export_onnx, with_precision
 from edgevoice.export.trt_check import check_trt_compatibility
 from edgevoice.export.verify import parity
 
+from edgevoice.backends.abort import Abort
 from edgevoice.backends.ort import OrtRunner
 from edgevoice.errors import EdgevoiceError
 from edgevoice.recipes.cascade.whisper import TOKENIZER_FILE, packaged_model_dir, whisper_components
@@ -168,6 +171,41 @@ def test_a_stopped_transcription_says_so_and_frees_the_core_at_once(asr, utteran
     cut = asr.transcribe(audio, stop=after_three_steps)
     assert cut.stopped and 0 < len(cut.tokens) < len(whole.tokens)
     assert cut.tokens == whole.tokens[: len(cut.tokens)]  # what it decoded is the start of the whole
+
+
+def test_an_abort_stops_the_encoder_mid_call(asr, utterances):
+    """The listen loop drops a speculation from its own thread: the encoder call in flight ends
+    there (onnxruntime's terminate flag), and the transcription returns as stopped."""
+    audio = next(iter(utterances.values()))
+    whole = asr.transcribe(audio)
+    assert asr.transcribe(audio, abort=Abort()).tokens == whole.tokens
+
+    set_before = Abort()
+    set_before.set()
+    assert asr.transcribe(audio, stop=lambda: False, abort=set_before).stopped
+
+    session, real_run = asr.encoder.session, asr.encoder.session.run
+    terminated = []
+
+    def run_and_abort_meanwhile(names, feeds, run_options=None):
+        threading.Timer(0.005, abort.set).start()  # the encoder takes ~0.1 s or more
+        try:
+            return real_run(names, feeds, run_options)
+        except Exception:
+            terminated.append(run_options.terminate)
+            raise
+
+    for _ in range(3):  # a timer thread descheduled past the whole call would miss it: try again
+        abort = Abort()
+        session.run = run_and_abort_meanwhile
+        try:
+            stopped = asr.transcribe(audio, abort=abort)
+        finally:
+            session.run = real_run
+        if terminated:
+            break
+    assert terminated == [True], "the encoder was never stopped mid-call"
+    assert stopped.stopped and stopped.tokens == () and stopped.decode_seconds == 0.0
 
 
 def counting_decoder_calls(asr: WhisperAsr) -> list[int]:
