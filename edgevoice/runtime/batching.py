@@ -38,6 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
+from edgevoice.backends.abort import Abort
 from edgevoice.backends.base import Runner, StatefulStream
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component
@@ -428,11 +429,17 @@ class BatchedRunner(Runner):
             self.batcher = StepBatcher(runner.component.name, self._run_joined, self.layout.signature,
                                        self.layout.rows, options, members, clock, start)
 
-    def infer(self, feeds: Feeds) -> dict[str, np.ndarray]:
+    def infer(self, feeds: Feeds, abort: Abort | None = None) -> dict[str, np.ndarray]:
         if self.batcher is None:
-            return self.runner.infer(feeds)
+            return self.runner.infer(feeds, abort)
         self.runner._validate(feeds)
-        return self.batcher.submit(dict(feeds))
+        if abort is None:
+            return self.batcher.submit(dict(feeds))
+        # A joined call serves other conversations too: one member's abort cannot stop it midway.
+        abort.check()
+        outputs = self.batcher.submit(dict(feeds))
+        abort.check()
+        return outputs
 
     def stream(self, batch_size: int = 1) -> StatefulStream:
         # State as host arrays, handed in and out with each step (the rows are joined on the host).

@@ -6,10 +6,10 @@ import threading
 
 import numpy as np
 import pytest
+from edgevoice.export import export_package
 
 from edgevoice.backends import open_runner
 from edgevoice.backends.abort import Abort, CallAborted
-from edgevoice.export import export_package
 
 
 def test_set_tells_the_calls_in_flight_once_and_later_ones_at_once():

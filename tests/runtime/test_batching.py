@@ -391,6 +391,31 @@ def test_whisper_sessions_on_batched_runners_transcribe_as_alone(cascade_package
     decoder.close()
 
 
+def test_a_batched_encoder_takes_an_abort_between_calls(cascade_package):
+    """A dropped speculation's abort reaches a batched encoder too: a joined call serves other
+    conversations, so it is checked before and after the call rather than stopping it."""
+    from conftest import espeak
+
+    from edgevoice.backends.abort import Abort
+    from edgevoice.runtime.cascade.asr import WhisperAsr
+
+    plain = WhisperAsr.from_manifest(cascade_package)
+    members = BatchMembers()
+    members.join()
+    encoder = batched(plain.encoder, window_ms=20, members=members)
+    asr = WhisperAsr(encoder, plain.decoder, cascade_package.path(plain.decoder.component.stream["tokenizer"]))
+    clip = espeak("Turn on the kitchen lights.")
+    try:
+        assert asr.transcribe(clip, abort=Abort()).tokens == plain.transcribe(clip).tokens
+        dropped = Abort()
+        dropped.set()
+        aborted = asr.transcribe(clip, abort=dropped)
+        assert aborted.stopped and aborted.tokens == ()
+    finally:
+        members.leave()
+        encoder.close()
+
+
 @pytest.mark.slow
 def test_llm_sessions_on_one_batched_runner_reply_as_alone(cascade_package):
     """The drop-in for the LLM: two ``LlmSession``s (runtime/llm.py) on their own threads over one

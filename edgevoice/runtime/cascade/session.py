@@ -84,8 +84,9 @@ class SessionOptions:
     # answer (Whisper + LLM + voice, 0.5-0.8 s on 2 cores) must be ready by the decision, which waits
     # for TurnOptions.text_min_silence_ms (text_sure_min_silence_ms for sure words). The cost is
     # CPU: on read speech 2.2x as many answers start and are dropped as at 160 ms (about one per
-    # second of speech), each stopped mid-transcript once the user goes on. 160 ms -> 64 ms: first
-    # audio 1.05 -> 0.95 s (BENCHMARKS.md).
+    # second of speech), each stopped mid-transcript once the user goes on (its Whisper encoder call
+    # too: ``Generation.abort``). 160 ms -> 64 ms: first audio 1.05 -> 0.95 s; 32 ms was ~20 ms
+    # sooner still but fired read-only tool calls on half-said numbers (BENCHMARKS.md).
     speculate_after_ms: float = 64.0
     semantic_endpointing: bool = True  # end turns on the package's end-of-turn model when it has one
     # With semantic endpointing and think-while-listening: the speculative answer's transcript votes

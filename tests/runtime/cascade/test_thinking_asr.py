@@ -27,8 +27,8 @@ class ScriptedAsr:
         self.script, self.calls = list(script), []
         self.during: dict[int, callable] = {}  # call index -> what to do inside that call
 
-    def transcribe(self, pcm, rate, stop=None, draft=()):
-        index, record = len(self.calls), {"seconds": pcm.size / rate, "draft": tuple(draft)}
+    def transcribe(self, pcm, rate, stop=None, draft=(), abort=None):
+        index, record = len(self.calls), {"seconds": pcm.size / rate, "draft": tuple(draft), "abort": abort}
         self.calls.append(record)
         if index in self.during:
             self.during[index]()
@@ -85,3 +85,17 @@ def test_a_partial_still_transcribing_when_an_answer_begins_stops_for_it():
     assert asr.calls[0]["stopped"] and not asr.calls[1]["stopped"]
     assert not [kind for kind, _ in events if kind == ev.PARTIAL_TRANSCRIPT]  # the stopped partial says nothing
     assert asr.calls[1]["draft"] == ()  # nor drafts anything
+
+
+def test_dropping_an_answer_aborts_its_whisper_call():
+    """The listen loop's ``cancel()`` reaches the engine call in flight (``Generation.abort``), so a
+    stale answer's encoder stops at once; a partial transcript is never given one."""
+    asr = ScriptedAsr([(" What is", (1, 2)), (" What is the capital", (1, 2, 3, 4))])
+    thinker, events = make_thinker(asr)
+    thinker.partial(speech(1.0), RATE, turn=1)
+    gen = Generation(speculative=True)
+    asr.during[1] = gen.cancel  # the user speaks on while the answer's Whisper runs
+    thinker.answer(gen, speech(1.5), RATE, turn=1)
+    assert asr.calls[0]["abort"] is None
+    assert asr.calls[1]["abort"] is gen.abort and gen.abort.is_set() and asr.calls[1]["stopped"]
+    assert ev.TRANSCRIPT not in [kind for kind, _ in events]  # a stopped answer says nothing

@@ -59,7 +59,7 @@ def run_reply(voice_seconds: float) -> tuple[ScriptedLlm, Generation]:
 
     gen = Generation()
     llm = ScriptedLlm(gen)
-    asr = SimpleNamespace(transcribe=lambda pcm, rate, stop=None, draft=(): Transcript(
+    asr = SimpleNamespace(transcribe=lambda pcm, rate, stop=None, draft=(), abort=None: Transcript(
         "What is the capital of France?", (1, 2, 3), pcm.size / rate, 0.0, 0.0))
     agent = SimpleNamespace(asr=asr, llm=llm, tts=SlowVoice(voice_seconds), voice=SlowVoice, knowledge=None,
                             max_new_tokens=64, sampling=None, system_prompt="Be brief.", history=[], recap_turns=0,
