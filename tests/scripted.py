@@ -44,6 +44,12 @@ class ScriptedLlm:
         """The real model's: the words' end-of-turn vote is about the user's words, not the script."""
         return self.real.next_token_probability(ids, token_ids)
 
+    def prompt_ids(self, messages, max_new_tokens):
+        return self.real.prompt_ids(messages, max_new_tokens)
+
+    def score_then_prepare(self, ids, at, token_ids):
+        return self.real.score_then_prepare(ids, at, token_ids)
+
     def commit(self) -> None:
         self._committed = list(self.tokens)
         self.commits += 1

@@ -71,6 +71,13 @@ class SamplingConfig:
             )
 
 
+def _probability_of(logits: np.ndarray, token_ids: Sequence[int]) -> float:
+    """Softmax mass of ``token_ids`` in one logits row (vocab,)."""
+    logits = logits.astype(np.float64)
+    weights = np.exp(logits - logits.max())
+    return float(weights[list(token_ids)].sum() / weights.sum())
+
+
 def sample_token(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
     """Next token id from ``logits`` (vocab,) under ``config``."""
     logits = np.asarray(logits, dtype=np.float64).reshape(-1)
@@ -255,6 +262,9 @@ class LlmSession:
         self.state = self.prefill_runner.initial_state(1)
         self.tokens: list[int] = []  # token ids whose keys/values the cache holds, in order
         self.last_hidden: np.ndarray | None = None  # (hidden,) final-normed state of the last fed token
+        # The logits (vocab,) after exactly these cached tokens, left by ``score_then_prepare`` for
+        # the ``prepare`` that follows it; checked against ``tokens``, so any change voids them.
+        self._prepared: tuple[tuple[int, ...], np.ndarray] | None = None
         self._committed = self.snapshot()
 
     def snapshot(self) -> LlmSnapshot:
@@ -318,22 +328,47 @@ class LlmSession:
         """Make the cache hold exactly ``prompt_ids``, re-using the longest cached prefix; last logits."""
         if not prompt_ids:
             raise EdgevoiceError("the prompt is empty; give at least one message")
+        held = tuple(self.tokens)
+        if self._prepared is not None and self._prepared[0] == held == tuple(prompt_ids):
+            return self._prepared[1]  # fed by score_then_prepare's call: no call of its own
+        common = min(self._cached_prefix(prompt_ids), len(prompt_ids) - 1)  # re-run one token for its logits
+        del self.tokens[common:]  # the graph masks the stale rows past the position
+        return self.feed(list(prompt_ids[common:]))
+
+    def _cached_prefix(self, ids: Sequence[int]) -> int:
+        """How many leading ``ids`` the cache already holds."""
         common = 0
-        for cached, new in zip(self.tokens, prompt_ids):
+        for cached, new in zip(self.tokens, ids):
             if cached != new:
                 break
             common += 1
-        common = min(common, len(prompt_ids) - 1)  # re-run at least one token to get its logits
-        del self.tokens[common:]  # the graph masks the stale rows past the position
-        return self.feed(list(prompt_ids[common:]))
+        return common
 
     def next_token_probability(self, prompt_ids: Sequence[int], token_ids: Sequence[int]) -> float:
         """P(the token after ``prompt_ids`` is one of ``token_ids``); the cache keeps ``prompt_ids``,
         so a reply that continues them re-uses the prefill."""
-        logits = self.prepare(prompt_ids).astype(np.float64)  # (vocab,)
-        logits -= logits.max()
-        weights = np.exp(logits)
-        return float(weights[list(token_ids)].sum() / weights.sum())
+        return _probability_of(self.prepare(prompt_ids), token_ids)
+
+    def score_then_prepare(self, prompt_ids: Sequence[int], at: int, token_ids: Sequence[int]) -> float | None:
+        """``next_token_probability(prompt_ids[:at], token_ids)`` and ``prepare(prompt_ids)`` in one call.
+
+        The words' end-of-turn vote scores the user's words; the reply's prompt is the same tokens
+        plus a short tail (the punctuation and the chat template's ~6 tokens). Fed in one call, the
+        vote's logits are one of the call's ``tail_logits`` rows (causal attention: the tail does
+        not change them), and the prompt's last logits are kept for the reply's own ``prepare``: one
+        LLM call (~25 ms here) less before the reply's first token. None, with nothing fed, where one
+        call cannot give both (no ``tail_logits``, a tail longer than they cover, or more new tokens
+        than one prompt chunk); the caller then scores apart.
+        """
+        after = len(prompt_ids) - at  # tokens past the scored position's input
+        start = min(self._cached_prefix(prompt_ids), at - 1)  # feed the scored position again if cached
+        if not (0 < at <= len(prompt_ids) and after < self.tail and len(prompt_ids) - start <= self.chunk):
+            return None
+        del self.tokens[start:]
+        outputs = self._run(self.prefill_runner, list(prompt_ids[start:]))
+        rows = outputs["tail_logits"][0]  # (min(fed, tail), vocab): the last fed positions
+        self._prepared = (tuple(self.tokens), outputs["logits"][0])
+        return _probability_of(rows[len(rows) - 1 - after], token_ids)
 
     # --- chat --------------------------------------------------------------------------------
 

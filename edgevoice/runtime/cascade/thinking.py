@@ -125,9 +125,10 @@ class CascadeThinker:
             return
         user = {"role": "user", "content": transcript}
         recall = self._recall_for_answer(transcript, turn)
+        messages = self._context(user, recall=recall)
         if gen.speculative and self.on_words is not None:
-            self._score_words(gen, transcript, recall, turn)
-        self._generate(gen, self._context(user, recall=recall), [user], turn)
+            self._score_words(gen, transcript, recall, turn, messages)
+        self._generate(gen, messages, [user], turn)
 
     def transcribe_turn(self, audio: np.ndarray, rate: int, turn: int, stop: Callable[[], bool] | None = None,
                         abort: Abort | None = None) -> Transcript:
@@ -230,23 +231,39 @@ class CascadeThinker:
         self._remember(gen, new, raw.strip())
         self._finish(gen, resampler)
 
-    def _score_words(self, gen: Generation, transcript: str, recall: Recall | None, turn: int) -> None:
+    def _score_words(self, gen: Generation, transcript: str, recall: Recall | None, turn: int,
+                     reply_messages: list[dict[str, str]]) -> None:
         """The words' end-of-turn vote for the silence ``gen`` answers (``text_turn``); the prefill it
-        makes is the start of the reply's own."""
+        makes is the reply's own (``reply_messages``)."""
         started = time.perf_counter()
-        prob = self.words_end_probability(transcript, recall)
+        prob = self.words_end_probability(transcript, recall, reply_messages)
         self._emit(ev.TEXT_END_OF_TURN, turn=turn, reply=gen.id, prob=prob, speech_end=gen.audio_key,
                    compute_s=time.perf_counter() - started)
         self.on_words(gen.audio_key, prob)
 
-    def words_end_probability(self, transcript: str, recall: Recall | None = None) -> float | None:
+    def words_end_probability(self, transcript: str, recall: Recall | None = None,
+                              reply_messages: list[dict[str, str]] | None = None) -> float | None:
         """P(the user's words could end where ``transcript`` does), read from the LLM at the end of
-        the user message the answer would continue; None for no words."""
+        the user message the answer would continue; None for no words.
+
+        With ``reply_messages`` (the answer's chat), the reply's prompt is prefilled in the same LLM
+        call when it continues the scored tokens (``LlmSession.score_then_prepare``), so the reply's
+        first token needs no prefill call of its own.
+        """
         llm = self.agent.llm
         if self._end_ids is None:
             self._end_ids = end_token_ids(llm.tokenizer.encode, llm.stop_ids)
         words = without_trailing_punctuation(transcript)
-        return llm.next_token_probability(self._prefix_ids(words, recall), self._end_ids) if words else None
+        if not words:
+            return None
+        scored = self._prefix_ids(words, recall)
+        if reply_messages is not None:
+            prompt = llm.prompt_ids(reply_messages, self.agent.max_new_tokens)
+            if prompt[: len(scored)] == scored:
+                prob = llm.score_then_prepare(prompt, len(scored), self._end_ids)
+                if prob is not None:
+                    return prob
+        return llm.next_token_probability(scored, self._end_ids)
 
     def _queue_phrase(self, gen: Generation, phrase: str, resampler: StreamingResampler, turn: int,
                       spoken: threading.Event | None = None) -> bool:

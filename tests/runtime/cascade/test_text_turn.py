@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgevoice.runtime.cascade.pipeline import CascadePipeline
@@ -73,3 +74,63 @@ def test_the_vote_does_not_read_whispers_punctuation(thinker):
     with_mark = thinker.words_end_probability("Open the garage door.")
     assert with_mark == pytest.approx(thinker.words_end_probability("Open the garage door"), rel=1e-5)
     assert thinker.words_end_probability("") is None
+
+
+def counting_llm_calls(llm) -> list[int]:
+    """Tokens fed by each LLM engine call from now on."""
+    calls, run = [], llm._run
+
+    def counted(runner, ids):
+        calls.append(len(ids))
+        return run(runner, ids)
+
+    llm._run = counted
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["thinker", "kiosk_thinker"])
+def test_the_vote_and_the_replys_prefill_share_one_llm_call(which, request):
+    """The vote read from the reply's prompt call equals the vote scored on its own, and the
+    reply's first token then needs no prefill call."""
+    thinker = request.getfixturevalue(which)
+    llm = thinker.agent.llm
+    for transcript in ("What is the capital of France?", "I would like to know", "Turn on the lights."):
+        llm.reset()
+        alone = thinker.words_end_probability(transcript)
+        user = {"role": "user", "content": transcript}
+        messages = thinker._context(user)
+        prompt = llm.prompt_ids(messages, thinker.agent.max_new_tokens)
+        fresh_logits = llm.prepare(prompt).copy()
+
+        llm.reset()
+        thinker.warm_up()  # as a session does before the user speaks: the system prompt is cached
+        calls = counting_llm_calls(llm)
+        try:
+            shared = thinker.words_end_probability(transcript, reply_messages=messages)
+            assert len(calls) == 1 and llm.tokens == prompt  # one call: the words and the template
+            logits = llm.prepare(prompt)
+            assert len(calls) == 1  # the reply's prefill was that call
+        finally:
+            del llm._run
+        assert shared == pytest.approx(alone, rel=1e-4, abs=1e-7)
+        assert np.argmax(logits) == np.argmax(fresh_logits)
+        np.testing.assert_allclose(logits, fresh_logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_one_call_is_refused_where_the_tail_logits_do_not_reach(thinker):
+    llm = thinker.agent.llm
+    llm.reset()
+    prompt = llm.tokenizer.encode("Tell me a story about a dragon and a knight who became friends.")
+    assert llm.score_then_prepare(prompt, len(prompt) - llm.tail, [0]) is None  # the row is not in the tail
+    assert llm.tokens == []  # nothing was fed
+    assert llm.score_then_prepare(prompt, 0, [0]) is None
+    assert llm.score_then_prepare(prompt, len(prompt) - 2, [0]) is not None
+    # The cache held the prompt already: the scored position is fed again, not the whole prompt.
+    calls = counting_llm_calls(llm)
+    try:
+        assert llm.score_then_prepare(prompt, len(prompt) - 3, [0]) is not None
+    finally:
+        del llm._run
+    assert calls == [4]
