@@ -330,7 +330,8 @@ class LlmSession:
             raise EdgevoiceError("the prompt is empty; give at least one message")
         held = tuple(self.tokens)
         if self._prepared is not None and self._prepared[0] == held == tuple(prompt_ids):
-            return self._prepared[1]  # fed by score_then_prepare's call: no call of its own
+            logits, self._prepared = self._prepared[1], None  # used once: a caller may mask it in place
+            return logits  # fed by score_then_prepare's call: no call of its own
         common = min(self._cached_prefix(prompt_ids), len(prompt_ids) - 1)  # re-run one token for its logits
         del self.tokens[common:]  # the graph masks the stale rows past the position
         return self.feed(list(prompt_ids[common:]))
