@@ -10,9 +10,11 @@ mostly under 0.004 (SmolLM2-135M; see ``TurnOptions.text_eot_threshold``).
 Whisper's trailing punctuation is removed first: it writes "I would like to know." as readily as
 "What is the capital of France.", and a period already there would be the answer to the question.
 
-It costs one prefill the answer needs anyway: the reply's prompt continues the scored tokens, so
-the LLM cache keeps them (``LlmSession.next_token_probability``) and the reply only adds the
-punctuation and the template's few tokens.
+It costs no LLM call of its own: the reply's prompt continues the scored tokens, so one call feeds
+the words with the punctuation and the template's few tokens after them, the vote reads its row
+from the call's ``tail_logits`` and the reply starts from its last logits
+(``LlmSession.score_then_prepare``; where one call cannot give both, the vote's prefill is the
+start of the reply's, ``LlmSession.next_token_probability``).
 """
 
 from __future__ import annotations
