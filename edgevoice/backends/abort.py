@@ -12,6 +12,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class CallAborted(RuntimeError):
@@ -40,6 +43,7 @@ class Abort:
         if self._set:
             raise CallAborted("the call was aborted")
 
+
     @contextmanager
     def hook(self, stop: Callable[[], None]) -> Iterator[None]:
         """Run ``stop`` if the flag is set while the block runs (at once if it already is)."""
@@ -55,3 +59,13 @@ class Abort:
             with self._lock:
                 if stop in self._hooks:
                     self._hooks.remove(stop)
+
+
+def run_checked(abort: Abort | None, call: Callable[[], T]) -> T:
+    """``call()``, which cannot be stopped midway: ``abort`` (if any) is checked before and after."""
+    if abort is not None:
+        abort.check()
+    result = call()
+    if abort is not None:
+        abort.check()
+    return result

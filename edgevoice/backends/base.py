@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-from edgevoice.backends.abort import Abort
+from edgevoice.backends.abort import Abort, run_checked
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component, TensorSpec
 
@@ -36,10 +36,7 @@ class Runner:
 
     def _infer_abortable(self, feeds: Mapping[str, np.ndarray], abort: Abort) -> dict[str, np.ndarray]:
         """A backend that cannot stop a call midway runs it whole, checking the flag before and after."""
-        abort.check()
-        outputs = self._infer_impl(feeds)
-        abort.check()
-        return outputs
+        return run_checked(abort, lambda: self._infer_impl(feeds))
 
     def initial_state(self, batch_size: int = 1) -> dict[str, np.ndarray]:
         """Zero state for ``batch_size`` sessions, shaped from the manifest."""

@@ -38,7 +38,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgevoice.backends.abort import Abort
+from edgevoice.backends.abort import Abort, run_checked
 from edgevoice.backends.base import Runner, StatefulStream
 from edgevoice.errors import EdgevoiceError
 from edgevoice.manifest import Component
@@ -433,13 +433,7 @@ class BatchedRunner(Runner):
         if self.batcher is None:
             return self.runner.infer(feeds, abort)
         self.runner._validate(feeds)
-        if abort is None:
-            return self.batcher.submit(dict(feeds))
-        # A joined call serves other conversations too: one member's abort cannot stop it midway.
-        abort.check()
-        outputs = self.batcher.submit(dict(feeds))
-        abort.check()
-        return outputs
+        return run_checked(abort, lambda: self.batcher.submit(dict(feeds)))  # serves others too: not stopped midway
 
     def stream(self, batch_size: int = 1) -> StatefulStream:
         # State as host arrays, handed in and out with each step (the rows are joined on the host).
@@ -469,9 +463,8 @@ def batched(runner: Runner, window_ms: float = 2.0, max_batch: int = 8, members:
             **options) -> BatchedRunner:
     """``runner`` wrapped so that concurrent sessions' steps share engine calls.
 
-    ``members``: the server's conversations (one ``BatchMembers`` for all engines; each
-    conversation joins it while it lives), so a batch runs as soon as everyone is in. Other
-    ``BatchOptions`` (max_pending, submit_timeout_s) pass by keyword.
+    ``members``: the server's conversations (one ``BatchMembers`` for all engines; each conversation joins
+    it while it lives), so a batch runs as soon as everyone is in. Other ``BatchOptions`` pass by keyword.
     """
     return BatchedRunner(runner, BatchOptions(window_ms=window_ms, max_batch=max_batch, **options), members)
 
