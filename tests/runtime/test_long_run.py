@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -116,11 +117,13 @@ def test_one_hour_conversation_has_bounded_memory_and_no_lost_audio(cascade_pack
     assert not result["warnings"]
     rss = dict(result["rss_mb_by_minute"])
     # Memory reaches its working set while every input shape of the three questions' turns is met
-    # (two rounds of the three, by minute ~31); after that no new high-water mark. RSS may fall
-    # back and rise again as allocations are returned to the system (measured: ±25 MB), so the
-    # bound is on the peak, not on the spread. Both peaks move with that noise: three hours ended at
-    # 1317-1327 MB after early peaks of 1290-1314 MB (BENCHMARKS.md), so the bound allows twice
-    # it; the arena growth it guards against was +200 MB.
+    # (two rounds of the three, by minute ~31); after that it does not grow. RSS falls back and
+    # rises again as allocations are returned to the system, so single samples are noisy: on one
+    # host and package, five runs of two versions put the settled peak 1 to 53 MB over the warming
+    # peak, and the settled median 20 MB under to 22 MB over it (three hours ended at 1317-1327 MB
+    # after early peaks of 1290-1314 MB, BENCHMARKS.md). The arena growth this guards against was
+    # +200 MB, sustained: it moves the median, which one noisy sample cannot.
     warming = [mb for minute, mb in rss.items() if minute < 36]
     settled = [mb for minute, mb in rss.items() if minute >= 36]
-    assert len(settled) >= 4 and max(settled) - max(warming) < 50, rss
+    assert len(settled) >= 4, rss
+    assert statistics.median(settled) - max(warming) < 50 and max(settled) - max(warming) < 100, rss
