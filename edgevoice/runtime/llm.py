@@ -328,8 +328,7 @@ class LlmSession:
         """Make the cache hold exactly ``prompt_ids``, re-using the longest cached prefix; last logits."""
         if not prompt_ids:
             raise EdgevoiceError("the prompt is empty; give at least one message")
-        held = tuple(self.tokens)
-        if self._prepared is not None and self._prepared[0] == held == tuple(prompt_ids):
+        if self._prepared is not None and self._prepared[0] == tuple(self.tokens) == tuple(prompt_ids):
             logits, self._prepared = self._prepared[1], None  # used once: a caller may mask it in place
             return logits  # fed by score_then_prepare's call: no call of its own
         common = min(self._cached_prefix(prompt_ids), len(prompt_ids) - 1)  # re-run one token for its logits
