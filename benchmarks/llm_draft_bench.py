@@ -26,11 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from edgevoice.runtime.cascade.pipeline import (
-    DEFAULT_SYSTEM_PROMPT,
-    CascadePipeline,
-    phrase_cut,
-)
+from edgevoice.runtime.cascade.phrases import phrase_cut
+from edgevoice.runtime.cascade.pipeline import DEFAULT_SYSTEM_PROMPT, CascadePipeline
 
 QUESTIONS = (
     "What is the capital of France?", "What is the largest planet in the solar system?",

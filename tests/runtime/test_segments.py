@@ -48,24 +48,3 @@ def test_speech_to_the_end():
 def test_bad_options(kwargs):
     with pytest.raises(ValueError):
         VadOptions(**kwargs)
-
-
-def test_reply_phrases_cut_for_speech():
-    from edgevoice.runtime.cascade.pipeline import phrase_cut
-
-    assert phrase_cut("The capital of France is Paris.", 0) == len("The capital of France is Paris.")
-    assert phrase_cut("Yes. It is", 0) == 0  # too short to speak alone
-    text = "To make a cup of tea, start by boiling"
-    assert phrase_cut(text, 0) == 0 and phrase_cut(text, 0, first=True) == len("To make a cup of tea, ")
-
-
-def test_a_long_first_sentence_starts_sounding_after_a_few_words():
-    from edgevoice.runtime.cascade.pipeline import FIRST_PHRASE_WORDS, phrase_cut
-
-    text = "The largest planet in the solar system is Jupiter"
-    words = text.split()
-    partial = " ".join(words[:FIRST_PHRASE_WORDS])
-    assert phrase_cut(partial, 0, first=True) == 0  # the last word may still be growing
-    cut = phrase_cut(partial + " s", 0, first=True)
-    assert text[:cut].split() == words[:FIRST_PHRASE_WORDS]
-    assert phrase_cut(partial + " s", 0, first=False) == 0  # later phrases wait for punctuation

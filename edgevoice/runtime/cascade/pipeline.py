@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 from edgevoice.audio.wav import validate_pcm
 from edgevoice.manifest import Manifest, read_manifest
 from edgevoice.runtime.cascade.asr import WhisperAsr
+from edgevoice.runtime.cascade.phrases import phrase_cut
 from edgevoice.runtime.cascade.turn import EndOfTurnModel
 from edgevoice.runtime.cascade.voices import open_voice
 from edgevoice.runtime.knowledge import Embedder, KnowledgeBase, KnowledgeOptions, Recall, facts_block, missing_embed_error
@@ -35,15 +35,6 @@ DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful voice assistant. Answer in one or two short, plain sentences, "
     "without lists or markdown."
 )
-_PHRASE_END = re.compile(r"[.!?;:]\s|[.!?]$")
-_CLAUSE_END = re.compile(r",\s")
-_MIN_PHRASE_CHARS = 12  # do not speak "Yes." alone when more is coming at once
-_MIN_FIRST_CLAUSE_CHARS = 20  # the first audio may start at a comma: a listener waits for it
-# ... or, in a long first sentence, after this many whole words: the voice starts ~0.4 s sooner on
-# 2 CPU cores (fewer tokens to wait for, a shorter phrase to synthesize) at the price of a slight
-# pitch fall mid-sentence; later phrases keep sentence boundaries.
-FIRST_PHRASE_WORDS = 6
-_FIRST_WORDS = re.compile(r"\s*(?:\S+\s+){%d}" % FIRST_PHRASE_WORDS)
 SPEECH_MARGIN_S = 0.2  # audio kept around the detected speech, so word edges survive
 FACTS_SEPARATOR_TOKENS = 4  # the blank line joining the facts to the system prompt, counted apart
 
@@ -239,22 +230,3 @@ def prompt_messages(system: str, history: list[dict[str, str]], recap_turns: int
     recap = "".join(f'\nEarlier the user asked: "{q}" and you answered: "{a}"' for q, a in exchanges[-recap_turns:]) \
         if recap_turns > 0 else ""
     return [{"role": "system", "content": system + ("\n" + recap if recap else "")}, *current]
-
-
-def phrase_cut(text: str, spoken_upto: int, first: bool = False) -> int:
-    """End index of the next complete phrase after ``spoken_upto``, or 0 if none is complete yet.
-
-    The first phrase may also end at a comma, or after ``FIRST_PHRASE_WORDS`` whole words, so the
-    reply starts sounding sooner.
-    """
-    for match in _PHRASE_END.finditer(text, spoken_upto):
-        if match.end() - spoken_upto >= _MIN_PHRASE_CHARS:
-            return match.end()
-    if first:
-        for match in _CLAUSE_END.finditer(text, spoken_upto):
-            if match.end() - spoken_upto >= _MIN_FIRST_CLAUSE_CHARS:
-                return match.end()
-        words = _FIRST_WORDS.match(text, spoken_upto)  # the next word has begun: these are whole
-        if words:
-            return words.end()
-    return 0

@@ -26,7 +26,8 @@ from edgevoice.audio.resample import StreamingResampler
 from edgevoice.backends.abort import Abort
 from edgevoice.runtime import events as ev
 from edgevoice.runtime.cascade.asr import Transcript
-from edgevoice.runtime.cascade.pipeline import CascadePipeline, phrase_cut, prompt_messages
+from edgevoice.runtime.cascade.phrases import phrase_cut
+from edgevoice.runtime.cascade.pipeline import CascadePipeline, prompt_messages
 from edgevoice.runtime.cascade.text_turn import end_token_ids, without_trailing_punctuation
 from edgevoice.runtime.early_tools import EarlyToolCalls
 from edgevoice.runtime.knowledge import Recall
