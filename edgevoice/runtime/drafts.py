@@ -16,16 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def continuation(draft: Sequence[int], tokens: Sequence[int], latest: bool = False) -> list[int]:
+def continuation(draft: Sequence[int], tokens: Sequence[int], latest: bool = False,
+                 pairs_only: bool = False) -> list[int]:
     """What ``draft`` says follows the last of ``tokens``: after a place where it has their last two
-    tokens, else their last one; nothing if it has neither. The first such place, or the last one
-    with ``latest`` (the LLM's nearest context). "Set timer for 25 minutes and remove" drafts
-    "Set a timer for 25 minutes and remind me ..." from "timer" on."""
+    tokens, else (unless ``pairs_only``) their last one; nothing if it has neither. The first such
+    place, or the last one with ``latest`` (the LLM's nearest context). "Set timer for 25 minutes
+    and remove" drafts "Set a timer for 25 minutes and remind me ..." from "timer" on."""
     if not tokens:
         return list(draft)
     places = [i for i, token in enumerate(draft) if token == tokens[-1]]
-    if not places:
-        return []
     pairs = [i for i in places if len(tokens) >= 2 and i >= 1 and draft[i - 1] == tokens[-2]]
-    chosen = pairs or places
+    chosen = pairs if pairs_only else (pairs or places)
+    if not chosen:
+        return []
     return list(draft[(chosen[-1] if latest else chosen[0]) + 1 :])

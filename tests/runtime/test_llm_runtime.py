@@ -475,6 +475,15 @@ def test_the_draft_continues_the_nearest_place_with_the_last_two_tokens():
     assert continuation(context[:-1], context) == [2, 3, 9, 1, 2, 4, 7]  # first place (Whisper's rule)
     assert continuation([5, 9, 1, 2, 3, 7, 1, 2, 8], [9, 1], latest=True) == [2, 3, 7, 1, 2, 8]  # the pair wins
     assert continuation([1, 2, 3], [4]) == []
+    # The LLM drafts only from a place with the last two tokens: a one-token match is mostly wrong.
+    assert continuation(context[:-1], context, latest=True, pairs_only=True) == []
+    assert continuation([5, 9, 1, 2, 3, 7, 1, 2, 8], [9, 1], latest=True, pairs_only=True) == [2, 3, 7, 1, 2, 8]
+
+
+def test_the_llm_drafts_only_where_its_last_two_tokens_recur(exported):
+    session = make_session(exported)
+    assert session._draft([500, 600, 700, 800, 900, 600], room=8) == []  # only " 600" recurs
+    assert session._draft([500, 600, 700, 800, 500, 600], room=8) == [700, 800, 500]
 
 
 @pytest.mark.slow
