@@ -66,6 +66,12 @@ class TurnOptions:
     # clock time: frames reach the policy in bursts when the loop runs late, and two frames stamped
     # 30 ms apart held a third frame's wait (~32 ms) before every barge-in.
     onset_frames: int = 2
+    # While the agent speaks, one frame this sure pauses it at once (a pause, undone after
+    # ``resume_silence_ms`` if nothing follows): the VAD is slow to rise on a word's first sound,
+    # so waiting for a second frame put the pause 153-193 ms after the user's onset on open
+    # speakers; the first frame over 0.5 scored 0.73-0.97 there, the agent's echo after AEC3 at
+    # most 0.03 (BENCHMARKS.md). None: ``onset_frames`` frames, as for a turn's start.
+    pause_prob: float | None = 0.7
     endpoint_silence_ms: float = 600.0  # silence this long ends the user's turn
     min_turn_ms: float = 250.0  # shorter utterances are dismissed as noise
     backchannel_max_ms: float = 600.0  # speech over the agent shorter than this is a backchannel
@@ -110,6 +116,8 @@ class TurnOptions:
             raise ValueError(f"text_eot_sure must be in [text_eot_threshold, 1) or None, got {self.text_eot_sure}")
         if self.onset_frames < 1:
             raise ValueError(f"onset_frames must be at least 1, got {self.onset_frames}")
+        if self.pause_prob is not None and not self.threshold <= self.pause_prob < 1.0:
+            raise ValueError(f"pause_prob must be in [threshold, 1) or None, got {self.pause_prob}")
         for name in ("endpoint_silence_ms", "min_turn_ms", "backchannel_max_ms", "resume_silence_ms",
                      "min_level", "eot_first_check_ms", "text_min_silence_ms", "text_sure_min_silence_ms"):
             if getattr(self, name) < 0:
@@ -190,7 +198,8 @@ class VadTurnPolicy(TurnPolicy):
             return self._listening(onset)
         if self.state is TurnState.USER_SPEAKING:
             return self._user_speaking(time, speech)
-        return self._agent_has_floor(time, speech, onset)
+        sure = self.options.pause_prob is not None and speech and prob >= self.options.pause_prob
+        return self._agent_has_floor(time, speech, onset or (sure and self._run_frames == 1))
 
     def _track_onset(self, time: float, speech: bool) -> bool:
         """True once per run of speech, when it has lasted ``onset_frames`` frames."""

@@ -44,8 +44,8 @@ def test_quiet_frames_do_not_count_as_speech():
 def test_onset_counts_frames_not_clock_time():
     """Two speech frames start a turn even when the loop ran late and handed both over at once."""
     policy = agent_speaking()
-    assert policy.update(10.0, 0.95, 0.1) is Decision.NONE
-    assert policy.update(10.0, 0.95, 0.1) is Decision.PAUSE  # same clock time: a burst of two frames
+    assert policy.update(10.0, 0.6, 0.1) is Decision.NONE  # speech, but not sure enough alone (pause_prob)
+    assert policy.update(10.0, 0.6, 0.1) is Decision.PAUSE  # same clock time: a burst of two frames
     listening = VadTurnPolicy(TurnOptions(onset_frames=3))
     assert [d for _, d in feed(listening, "ss.sss")] == [Decision.USER_STARTED]
     assert listening.speech_start == pytest.approx(4 * FRAME)  # the run of three, not the broken one
@@ -57,6 +57,20 @@ def agent_speaking() -> VadTurnPolicy:
     policy.agent_started_speaking()
     assert policy.state is TurnState.SPEAKING
     return policy
+
+
+def test_one_sure_frame_pauses_the_agent_but_does_not_start_a_turn():
+    policy = agent_speaking()
+    assert policy.update(10.0, 0.75, 0.1) is Decision.PAUSE  # >= pause_prob (0.7): no second frame needed
+    quiet = [policy.update(10.0 + i * FRAME, 0.02, 0.0) for i in range(1, 12)]
+    assert Decision.RESUME in quiet and policy.state is TurnState.SPEAKING  # a click, not the user
+    two_frames = agent_speaking()
+    two_frames.options = TurnOptions(pause_prob=None)
+    assert two_frames.update(10.0, 0.99, 0.1) is Decision.NONE
+    listening = VadTurnPolicy()
+    assert listening.update(1.0, 0.99, 0.1) is Decision.NONE  # a turn's start still takes onset_frames
+    with pytest.raises(ValueError):
+        TurnOptions(pause_prob=0.4)  # under the speech threshold
 
 
 def test_barge_in_pauses_fast_then_takes_the_floor():
