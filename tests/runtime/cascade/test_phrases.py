@@ -6,7 +6,11 @@ import re
 
 import pytest
 
-from edgevoice.runtime.cascade.phrases import FIRST_PHRASE_MAX_WORDS, FIRST_PHRASE_MIN_WORDS, phrase_cut
+from edgevoice.runtime.cascade.phrases import (
+    FIRST_PHRASE_MAX_WORDS,
+    FIRST_PHRASE_MIN_WORDS,
+    phrase_cut,
+)
 
 
 def streamed_cut(text: str) -> str:
@@ -54,7 +58,7 @@ def test_the_word_being_written_is_judged_as_it_stands():
     text = "The largest planet in the solar system i"  # not (yet) a word that opens a phrase
     assert phrase_cut(text, 0, first=True) == 0
     cut = phrase_cut(text + "s", 0, first=True)  # "is": no need to wait for the token after it
-    assert text[:cut].split() == "The largest planet in the solar system".split()
+    assert text[:cut].split() == ["The", "largest", "planet", "in", "the", "solar", "system"]
     assert phrase_cut("The largest planet in the sol", 0, first=True) == 0  # whole words only before it
 
 
@@ -74,4 +78,4 @@ def test_a_number_is_not_cut_at_its_decimal_point():
 
 def test_a_bracket_opens_a_phrase_as_soon_as_it_is_written():
     text = "The moon is about 384,400 kilometers ("
-    assert text[: phrase_cut(text, 0, first=True)].split() == "The moon is about 384,400 kilometers".split()
+    assert text[: phrase_cut(text, 0, first=True)].split() == ["The", "moon", "is", "about", "384,400", "kilometers"]

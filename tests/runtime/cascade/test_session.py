@@ -197,7 +197,7 @@ def test_on_open_speakers_a_barge_in_stops_the_agent_within_150_ms(cascade_packa
 
 
 def test_on_open_speakers_a_barge_in_cancels_the_answer_and_hears_the_user(cascade_package):
-    session, onset = barge_in_on_open_speakers(cascade_package, 2.9)
+    session, _ = barge_in_on_open_speakers(cascade_package, 2.9)
     assert len(session.events.history(ev.BARGE_IN)) == 1 and session.events.history(ev.CANCEL_DONE)
     # Whisper tiny.en hears the rest through the echo's residue differently from run to run
     # ("about dog instead", "about Dogdon's head", "I'm out talking instead"); the words before it
