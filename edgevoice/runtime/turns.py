@@ -68,9 +68,9 @@ class TurnOptions:
     onset_frames: int = 2
     # While the agent speaks, one frame this sure pauses it at once (a pause, undone after
     # ``resume_silence_ms`` if nothing follows): the VAD is slow to rise on a word's first sound,
-    # so waiting for a second frame put the pause 153-193 ms after the user's onset on open
-    # speakers; the first frame over 0.5 scored 0.73-0.97 there, the agent's echo after AEC3 at
-    # most 0.03 (BENCHMARKS.md). None: ``onset_frames`` frames, as for a turn's start.
+    # so waiting for a second frame put the pause 133-193 ms (median 163) after the user's onset
+    # on open speakers; the first frame over 0.5 scored 0.73-0.97 there, the agent's echo after
+    # AEC3 at most 0.03 (BENCHMARKS.md). None: ``onset_frames`` frames, as for a turn's start.
     pause_prob: float | None = 0.7
     endpoint_silence_ms: float = 600.0  # silence this long ends the user's turn
     min_turn_ms: float = 250.0  # shorter utterances are dismissed as noise
