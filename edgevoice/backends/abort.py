@@ -43,7 +43,6 @@ class Abort:
         if self._set:
             raise CallAborted("the call was aborted")
 
-
     @contextmanager
     def hook(self, stop: Callable[[], None]) -> Iterator[None]:
         """Run ``stop`` if the flag is set while the block runs (at once if it already is)."""

@@ -87,7 +87,7 @@ def first_words_cut(text: str, start: int) -> int:
     none is due.
 
     From ``FIRST_PHRASE_MIN_WORDS`` words on, the cut falls before a word that opens a phrase
-    (a preposition, conjunction or auxiliary) after one that does not lean on it. With
+    (``_opens_phrase``) after one that does not lean on it. With
     ``FIRST_PHRASE_MAX_WORDS`` words and no such place yet, it falls after the next word that
     can end a phrase, so the first audio never waits for a whole long sentence.
     """
