@@ -68,12 +68,12 @@ class ComponentPlan:
     precision: str
     dims: dict[str, int]  # the named dims as planned (opt values)
     param_bytes: int
-    state_bytes: int  # one copy of the state, batch at opt
+    state_bytes: int  # one copy of the state at its largest (a growing cache full), batch at opt
     io_bytes: int  # step inputs and outputs (state excluded)
     flops: float
     flops_partial: bool  # some counted ops had data-dependent shapes and were left out
     unresolved_ops: int
-    bytes_per_step: float  # params + 2 x state + io
+    bytes_per_step: float  # params + 2 x state (at opt dims) + io
     memory_time_s: float
     compute_time_s: float
 
@@ -144,11 +144,17 @@ def plan_component(manifest: Manifest, component: Component, target: TargetProfi
     flops, unresolved = count_flops(model.graph, shapes)
     param_bytes = sum(_initializer_bytes(init) for init in model.graph.initializer)
     state_names = set(component.state_inputs)
-    state_bytes = sum(_spec_bytes(s, dims) for s in component.inputs if s.name in state_names)
+    state_specs = [s for s in component.inputs if s.name in state_names]
+    # A state that grows (the LLM cache's "context" dim) is held at its largest; a step at opt reads
+    # and writes it at its opt size.
+    largest = dims | {d: component.dynamic_dims[d].max for s in state_specs for d in s.shape
+                      if isinstance(d, str) and d != "batch"}
+    state_bytes = sum(_spec_bytes(s, largest) for s in state_specs)
+    step_state_bytes = sum(_spec_bytes(s, dims) for s in state_specs)
     io_specs = [s for s in component.inputs if s.name not in state_names]
     io_specs += [s for s in component.outputs if s.name not in component.state]
     io_bytes = sum(_spec_bytes(s, dims, shapes.get(s.name)) for s in io_specs)
-    moved = param_bytes + 2 * state_bytes + io_bytes
+    moved = param_bytes + 2 * step_state_bytes + io_bytes
     return ComponentPlan(
         name=name or component.name, precision=component.precision, dims=dims, param_bytes=param_bytes,
         state_bytes=state_bytes, io_bytes=io_bytes, flops=flops, flops_partial=unresolved > 0,

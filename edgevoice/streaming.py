@@ -3,7 +3,8 @@
 Every component exposes a *pure* step, ``step(x, *state) -> (y, *new_state)``: state tensors go in
 as inputs and come out as outputs, never as module buffers mutated in place (both ONNX exporters
 silently drop such updates). State sizes are fixed at construction, so the exported graph has
-static state shapes that TensorRT and CUDA graphs can reuse step after step.
+static state shapes that TensorRT and CUDA graphs can reuse step after step; the one exception is
+a named dim the host grows in steps (the LLM's KV cache capacity, "context").
 
 ``Streamer`` is the thin stateful wrapper for the PyTorch path (moshi's ``StreamingModule`` idea):
 it holds the state between calls and can snapshot/restore it (barge-in rollback, many users per
@@ -15,8 +16,8 @@ equals the full-sequence call, and appending input never changes earlier outputs
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -28,16 +29,18 @@ from edgevoice.errors import EdgevoiceError
 class StateSpec:
     """One state tensor of a step: its name and shape for a batch of one.
 
-    The batch dimension is always dim ``batch_dim``; ``shape`` holds 1 there.
+    The batch dimension is always dim ``batch_dim``; ``shape`` holds 1 there. A string dim is a
+    named dynamic dim of the graph (the LLM's growing KV cache: "context"), sized by the caller.
     """
 
     name: str  # graph input name; the graph output is f"{name}_out"
-    shape: tuple[int, ...]  # shape with batch size 1 at batch_dim
+    shape: tuple[int | str, ...]  # shape with batch size 1 at batch_dim
     batch_dim: int = 0  # which dim grows with the number of sessions
     dtype: torch.dtype = torch.float32
 
-    def zeros(self, batch_size: int) -> torch.Tensor:
-        shape = list(self.shape)
+    def zeros(self, batch_size: int, sizes: Mapping[str, int] | None = None) -> torch.Tensor:
+        """Zeros for ``batch_size`` sessions; ``sizes`` gives each named dim its length."""
+        shape = [(sizes or {})[d] if isinstance(d, str) else d for d in self.shape]
         shape[self.batch_dim] = batch_size
         return torch.zeros(shape, dtype=self.dtype)
 
@@ -87,8 +90,10 @@ class StreamingModule(nn.Module):
         """(min, opt, max) of each named dim except "batch" (the target profile sets that one)."""
         return {}
 
-    def init_state(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
-        return tuple(spec.zeros(batch_size) for spec in self.state_specs())
+    def init_state(self, batch_size: int = 1, sizes: Mapping[str, int] | None = None) -> tuple[torch.Tensor, ...]:
+        """Zero state; a named state dim takes its length from ``sizes``, else its smallest size."""
+        sizes = {name: low for name, (low, _, _) in self.dim_ranges().items()} | dict(sizes or {})
+        return tuple(spec.zeros(batch_size, sizes) for spec in self.state_specs())
 
     def step(self, *inputs_and_state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError

@@ -69,7 +69,7 @@ def example_inputs(component: RecipeComponent) -> tuple[torch.Tensor, ...]:
     sizes = {"batch": _EXAMPLE_BATCH, **{n: max(opt, 2) for n, (_, opt, _) in module.dim_ranges().items()}}
     inputs = [torch.zeros([sizes[d] if isinstance(d, str) else d for d in spec.shape], dtype=spec.dtype)
               for spec in module.input_specs()]
-    return (*inputs, *module.init_state(_EXAMPLE_BATCH))
+    return (*inputs, *module.init_state(_EXAMPLE_BATCH, sizes))
 
 
 def export_onnx(
@@ -86,7 +86,8 @@ def export_onnx(
     # forward(*inputs, *state): one dynamic-shape dict per positional tensor
     dynamic_shapes = tuple(
         {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)} for spec in step_inputs
-    ) + tuple({s.batch_dim: dims["batch"]} for s in specs)
+    ) + tuple({s.batch_dim: dims["batch"]} | {i: dims[d] for i, d in enumerate(s.shape) if isinstance(d, str)}
+              for s in specs)
     input_names = [spec.name for spec in step_inputs] + [s.name for s in specs]
     output_names = list(module.output_names()) + [f"{s.name}_out" for s in specs]
     with _quiet_exporter(), torch.no_grad():

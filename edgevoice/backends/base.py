@@ -39,11 +39,16 @@ class Runner:
         return run_checked(abort, lambda: self._infer_impl(feeds))
 
     def initial_state(self, batch_size: int = 1) -> dict[str, np.ndarray]:
-        """Zero state for ``batch_size`` sessions, shaped from the manifest."""
+        """Zero state for ``batch_size`` sessions, shaped from the manifest.
+
+        A named state dim other than "batch" (the LLM cache's "context") starts at its smallest
+        exported size; the host grows it (``edgevoice.runtime.llm``).
+        """
         state = {}
         for name in self.component.state_inputs:
             spec = self.component.input(name)
-            shape = [batch_size if isinstance(d, str) else d for d in spec.shape]
+            shape = [d if not isinstance(d, str) else batch_size if d == "batch" else self.component.dynamic_dims[d].min
+                     for d in spec.shape]
             state[name] = np.zeros(shape, dtype=spec.dtype)
         return state
 

@@ -14,8 +14,12 @@ made before that shipped it (``llm_decode``, beside ``llm_prefill``).
 rows position..position+tokens-1. Each layer has its own k and v state (B, kv_heads, max_context,
 head_dim), k_cache_0, v_cache_0, k_cache_1 ...: one stacked (layers, ...) tensor costs a Split
 and a Concat of the whole cache per step, 40% of a decode step on onnxruntime CPU at 1024
-tokens (measured). The cache never grows; the host keeps position + tokens <= max_context
-(``edgevoice.runtime.llm``).
+tokens (measured). The host keeps position + tokens <= max_context (``edgevoice.runtime.llm``).
+With ``cache_step`` the cache's capacity is a dynamic dim, "context" (cache_step..max_context):
+the host starts it at cache_step rows and grows it a step at a time, because attention and the
+cache writes cost in proportion to the capacity, not to the tokens held (a SmolLM2-135M decode
+step on 2 CPU cores: 14.7 ms at 1024 rows, 10.9 ms at 256). Without it the capacity is fixed at
+max_context, as every package made before it has it.
 Only the last position's logits leave the graph (the host samples one token per step), and
 the last hidden state after the final norm (the input of the LM head) comes with them, for
 recipes that feed hidden states onwards (Freeze-Omni's speech decoder).
@@ -41,6 +45,8 @@ from edgevoice.modules.attention import (
 from edgevoice.modules.norm import RmsNorm
 from edgevoice.modules.rope import RotaryEmbedding
 from edgevoice.streaming import InputSpec, StateSpec, StreamingModule
+
+CONTEXT_DIM = "context"  # the named capacity dim of a growing KV cache (``LlmStep(cache_step=...)``)
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class LlmConfig:
     rope_scaling: Llama3RopeScaling | None = None  # Llama-3.1/3.2 long-context frequency scaling
     tie_word_embeddings: bool = True  # LM head reuses the token embedding matrix
     qkv_bias: bool = False  # biases on q/k/v projections (Qwen2)
-    max_context: int = 1024  # KV cache capacity in tokens: fixed, it is a graph state shape
+    max_context: int = 1024  # most tokens the KV cache holds (its capacity, or its largest one)
     prefill_max_tokens: int = 64  # largest chunk one prefill call takes (the "tokens" dim max)
 
     def __post_init__(self) -> None:
@@ -206,14 +212,24 @@ class LlmModel(nn.Module):
 
 
 class LlmStep(StreamingModule):
-    """A prefill (``tokens=None``: dynamic 1..prefill_max_tokens) or decode (``tokens=1``) view of an LlmModel."""
+    """A prefill (``tokens=None``: dynamic 1..prefill_max_tokens) or decode (``tokens=1``) view of an LlmModel.
 
-    def __init__(self, llm: LlmModel, tokens: int | None = None, inputs: str = "ids", tail_logits: int = 0):
+    ``cache_step`` > 0 makes the caches' capacity the dynamic dim "context" (cache_step..max_context),
+    grown by the host ``cache_step`` rows at a time; 0 keeps it fixed at max_context.
+    """
+
+    def __init__(self, llm: LlmModel, tokens: int | None = None, inputs: str = "ids", tail_logits: int = 0,
+                 cache_step: int = 0):
         super().__init__()
         if inputs not in ("ids", "embeds"):
             raise ValueError(f"inputs must be 'ids' or 'embeds', not {inputs!r}")
         if tail_logits < 0:
             raise ValueError(f"tail_logits must be >= 0, not {tail_logits}")
+        if not 0 <= cache_step <= llm.config.max_context:
+            raise ValueError(f"cache_step must be in 0..max_context={llm.config.max_context}, not {cache_step}")
+        if 0 < cache_step < llm.config.prefill_max_tokens:
+            raise ValueError(f"cache_step={cache_step} must hold one prefill chunk ({llm.config.prefill_max_tokens} tokens)")
+        self.cache_step = cache_step
         self.llm = llm
         self.tokens = tokens
         self.inputs = inputs
@@ -229,6 +245,8 @@ class LlmStep(StreamingModule):
         # The caches follow the compute dtype (fp16 halves their traffic); ids, logits and hidden stay
         # int64/float32 at the graph boundary.
         shape, dtype = self.config.cache_shape, self.compute_dtype
+        if self.cache_step:
+            shape = (*shape[:2], CONTEXT_DIM, *shape[3:])  # (1, kv_heads, "context", head_dim)
         return tuple(StateSpec(f"{kind}_cache_{i}", shape, 0, dtype) for i in range(self.config.layers) for kind in ("k", "v"))
 
     def input_specs(self) -> tuple[InputSpec, ...]:
@@ -241,14 +259,17 @@ class LlmStep(StreamingModule):
         return ("logits", "hidden", "tail_logits") if self.tail_logits else ("logits", "hidden")
 
     def dim_ranges(self) -> dict[str, tuple[int, int, int]]:
-        if self.tokens is not None:
-            return {}
-        top = self.config.prefill_max_tokens
-        return {"tokens": (1, min(16, top), top)}
+        ranges = {}
+        if self.tokens is None:
+            top = self.config.prefill_max_tokens
+            ranges["tokens"] = (1, min(16, top), top)
+        if self.cache_step:
+            ranges[CONTEXT_DIM] = (self.cache_step, self.cache_step, self.config.max_context)
+        return ranges
 
     def step(self, first: torch.Tensor, position: torch.Tensor, *caches: torch.Tensor):  # type: ignore[override]
         # first: input_ids (B, T) int64 or input_embeds (B, T, hidden); position: (B,) int64
-        # caches: k_cache_0, v_cache_0, k_cache_1, ... each (B, kv_heads, max_context, head_dim)
+        # caches: k_cache_0, v_cache_0, k_cache_1, ... each (B, kv_heads, capacity, head_dim)
         if self.inputs == "ids":
             embeds = self.llm.model.embed_tokens(first)  # (B, T, hidden)
         else:

@@ -6,7 +6,8 @@ over one KV cache read and written at a position. Packages exported before that 
 ``llm_prefill`` (chunks) and ``llm_decode`` (one token), over the same cache; ``from_manifest``
 opens whichever the manifest has. The session remembers which tokens the cache holds, so a new
 turn prefills only what differs from the cached conversation; stale rows past the position are
-masked by the graph, so moving the position back is a rollback.
+masked by the graph, so moving the position back is a rollback. Where the graph's cache capacity
+is dynamic, the session grows it as the conversation fills it (``cache_growth``).
 
 Chat formatting: the weights' own jinja2 chat template is rendered in jinja2's sandbox when
 jinja2 is installed, since only the template knows the model's exact format (system default,
@@ -26,6 +27,7 @@ import numpy as np
 
 from edgevoice.backends.base import Runner
 from edgevoice.errors import EdgevoiceError
+from edgevoice.runtime.cache_growth import CacheGrowth
 from edgevoice.runtime.drafts import continuation
 
 Message = Mapping[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
@@ -228,6 +230,8 @@ class LlmSession:
         # Positions the graph returns logits for (``tail_logits``; packages exported before it have
         # none): greedy replies are then drafted from the prompt, DRAFT_TOKENS checked per call.
         self.tail = int(self.facts.get("tail_logits", 0))
+        # A graph with a dynamic cache capacity starts small and grows (two-graph packages: fixed).
+        self.growth = CacheGrowth.of(prefill.component) if decode is None else None
         self.drafted = 0  # reply tokens of the last generation that a draft gave (no call of their own)
         self.tokenizer = LlmTokenizer(tokenizer_path)
         self.formatter = ChatFormatter(self.facts.get("chat_template"))
@@ -288,6 +292,8 @@ class LlmSession:
         position = len(self.tokens)
         if position + len(ids) > self.max_context:
             raise EdgevoiceError(f"the KV cache holds {self.max_context} tokens; {position} + {len(ids)} do not fit")
+        if self.growth is not None:
+            self.state = self.growth.room_for(self.state, position + len(ids))
         feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "position": np.array([position], dtype=np.int64)}
         outputs = runner.infer({**feeds, **self.state})
         wiring = runner.component.state

@@ -99,18 +99,19 @@ def test_context_policy_drops_oldest_turns_and_keeps_the_system_prompt():
 # --- through exported graphs ---------------------------------------------------------------
 
 MAX_CONTEXT = 256
+CACHE_STEP = 128  # the cache starts at 128 rows and grows once, to 256
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The one LLM graph exported at fp32 with a 256-token cache, plus the torch model it came from."""
+    """The one LLM graph exported at fp32 with a cache of 128 or 256 rows, plus the torch model it came from."""
     from edgevoice.export.to_onnx import export_onnx
 
     from edgevoice.recipes.llm import llm_components, load_llm
 
     out = tmp_path_factory.mktemp("llm")
     loaded = load_llm(max_context=MAX_CONTEXT, prefill_max_tokens=32)
-    (llm,) = llm_components(loaded=loaded, cache_dir=out)
+    (llm,) = llm_components(loaded=loaded, cache_dir=out, cache_step=CACHE_STEP)
     entries = {llm.name: export_onnx(llm, out / "llm.onnx", "fp32", max_batch=1)}
     return SimpleNamespace(
         out=out, entries=entries, model=llm.module.llm, tokenizer=llm.files["llm_tokenizer.json"],
@@ -249,6 +250,36 @@ def test_long_conversation_drops_oldest_turns_and_keeps_the_system_prompt(sessio
 
 
 @pytest.mark.slow
+def test_the_cache_grows_as_the_context_fills_and_answers_as_a_full_size_cache(exported, session):
+    from edgevoice.backends.ort import OrtRunner
+
+    entry = exported.entries["llm"]
+    assert entry.dynamic_dims["context"].min == CACHE_STEP
+    rows = [1, *range(200, 200 + CACHE_STEP - 2)]  # one row short of the first step
+    session.reset()
+    assert {v.shape[2] for v in session.state.values()} == {CACHE_STEP}
+    session.feed(rows)
+    session.commit()
+    small = session.snapshot()
+    grown = session.feed([4093, 198, 1780])  # crosses the step: the cache grows once
+    assert {v.shape[2] for v in session.state.values()} == {MAX_CONTEXT}
+
+    # The same tokens through the same graph with caches at full size from the start.
+    runner = OrtRunner(entry, exported.out / "llm.onnx", threads=2)
+    state = {name: np.zeros((1, 3, MAX_CONTEXT, 64), np.float32) for name in entry.state_inputs}
+    for position, ids in ((0, rows[:32]), (32, rows[32:64]), (64, rows[64:96]), (96, rows[96:]),
+                          (len(rows), [4093, 198, 1780])):
+        outputs = runner.infer({"input_ids": np.array([ids]), "position": np.array([position]), **state})
+        state = {entry.state[name]: outputs[name] for name in entry.state}
+    np.testing.assert_allclose(grown, outputs["logits"][0], atol=2e-4)
+
+    session.rollback()  # back to the snapshot taken before the growth: the smaller cache
+    assert {v.shape[2] for v in session.state.values()} == {CACHE_STEP} and len(session.tokens) == len(rows)
+    np.testing.assert_allclose(session.feed([4093, 198, 1780]), grown, atol=2e-4)
+    session.restore(small)
+
+
+@pytest.mark.slow
 def test_decode_stops_at_the_cache_capacity(session):
     session.reset()
     session.feed(list(range(100, 100 + MAX_CONTEXT - 3)))
@@ -297,7 +328,7 @@ def int8_exported(exported):
 
     out = exported.out / "int8"
     out.mkdir()
-    components = llm_components(loaded=exported.loaded, cache_dir=exported.out, llm_weights="int8")
+    components = llm_components(loaded=exported.loaded, cache_dir=exported.out, llm_weights="int8", cache_step=CACHE_STEP)
     for c in components:
         export_onnx(c, out / f"{c.name}.onnx", "fp32", max_batch=1)
     return out
@@ -409,10 +440,16 @@ def _two_graph_entries(entry) -> dict:
     from dataclasses import replace
 
     stream = {k: v for k, v in entry.stream.items() if k not in ("trt_profiles", "tail_logits")}
-    one_token = tuple(replace(t, shape=("batch", 1)) if t.name == "input_ids" else t for t in entry.inputs)
+    # Their caches had a fixed capacity: max_context rows (llm.onnx takes that size too).
+    def fixed(specs):
+        return tuple(replace(t, shape=tuple(MAX_CONTEXT if d == "context" else d for d in t.shape)) for t in specs)
+
+    inputs, outputs = fixed(entry.inputs), fixed(entry.outputs)
+    one_token = tuple(replace(t, shape=("batch", 1)) if t.name == "input_ids" else t for t in inputs)
+    dims = {k: v for k, v in entry.dynamic_dims.items() if k != "context"}
     return {
-        "llm_prefill": replace(entry, name="llm_prefill", stream=stream),
-        "llm_decode": replace(entry, name="llm_decode", inputs=one_token, stream=stream,
+        "llm_prefill": replace(entry, name="llm_prefill", inputs=inputs, outputs=outputs, stream=stream, dynamic_dims=dims),
+        "llm_decode": replace(entry, name="llm_decode", inputs=one_token, outputs=outputs, stream=stream,
                               dynamic_dims={"batch": entry.dynamic_dims["batch"]}),
     }
 
@@ -531,7 +568,7 @@ def test_tensorrt_build_gets_a_prefill_and_a_decode_profile(exported):
     assert [p["name"] for p in entry.stream["trt_profiles"]] == ["prefill", "decode"]
     prefill, decode = component_profiles(entry)
     assert prefill["input_ids"] == ((1, 1), (1, 16), (1, 32)) and decode["input_ids"] == ((1, 1), (1, 1), (1, 1))
-    cache = ((1, 3, MAX_CONTEXT, 64),) * 3
+    cache = ((1, 3, CACHE_STEP, 64), (1, 3, CACHE_STEP, 64), (1, 3, MAX_CONTEXT, 64))  # min, opt, max rows
     assert prefill["k_cache_29"] == decode["k_cache_29"] == cache and prefill["position"] == decode["position"]
     spec = engine_spec(Path("pkg"), entry, load_target("jetson-orin-nano"))
     assert spec.profiles == (prefill, decode)
