@@ -145,6 +145,10 @@ def shared_engines(agent: Agent, wrap: Callable[[Runner], Runner]) -> list[Runne
     # Steps share a call only at equal token counts; drafts would give each conversation's decode
     # steps their own (1 + draft) count, so batched conversations decode one token per call.
     llm.tail = 0
+    # Likewise only caches of one capacity share a call: each conversation's cache takes the full
+    # size at its first call instead of growing (growing saves ~25 % of a step alone, batching more).
+    if llm.growth is not None:
+        llm.growth = llm.growth.at_full_size()
     wrapped = [pipeline.vad.runner, pipeline.asr.decoder, llm.prefill_runner]
     return wrapped if one_graph else [*wrapped, llm.decode_runner]
 

@@ -304,7 +304,9 @@ def test_two_conversations_over_batched_engines_get_their_own_answers_from_share
     the two conversations actually shared engine calls (docs/batching.md's guarantees, end to end)."""
     server, engines = batching_server, batching_server.conversations.engines
     assert {r.component.name for r in engines.batched} >= {"vad", "asr_decoder", "llm"}
-    assert server.conversations.agent.pipeline.llm.tail == 0  # undrafted: one-token steps that batch
+    llm = server.conversations.agent.pipeline.llm
+    assert llm.tail == 0  # undrafted: one-token steps that batch
+    assert llm.growth.step == llm.max_context  # caches of one capacity: rows that batch
     japan, japan_io = client_on(server, recording("What is the capital of Japan?"))
     france, france_io = client_on(server, recording("What is the capital of France?"))
     japan.start(japan_io)
