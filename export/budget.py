@@ -258,7 +258,7 @@ def _meta_step(module, sessions: int, dims: str, mode: TorchFunctionMode | None 
     inputs = [torch.zeros(_sized(spec.shape, sizes), dtype=spec.dtype, device="meta") for spec in module.input_specs()]
     states = []
     for spec in module.state_specs():
-        shape = list(spec.shape)
+        shape = _sized(spec.shape, sizes)
         shape[spec.batch_dim] = sessions
         states.append(torch.zeros(shape, dtype=spec.dtype, device="meta"))
     try:
@@ -291,9 +291,11 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _state_bytes(module, sessions: int) -> int:
+    """One copy of the sessions' state; a named state dim (a growing cache's "context") at its max."""
+    sizes = {name: high for name, (_, _, high) in module.dim_ranges().items()}
     total = 0
     for spec in module.state_specs():
-        shape = list(spec.shape)
+        shape = _sized(spec.shape, sizes)
         shape[spec.batch_dim] = sessions
         total += torch.Size(shape).numel() * _itemsize(spec.dtype)
     return total

@@ -50,17 +50,17 @@ class CacheGrowth:
         return int(next(iter(state.values())).shape[self.axis])
 
     def room_for(self, state: Mapping[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-        """``state`` with a capacity of at least ``rows`` (the same arrays when it already has it).
+        """``state`` with a capacity of at least ``rows`` whole steps (the same arrays when it has it).
 
         Grows to the next multiple of ``step``, at most ``most``: one copy of the cache per step of
         the conversation, instead of attention over the whole ``most`` rows at every token.
         """
-        capacity = self.capacity(state)
-        if rows <= capacity:
-            return dict(state)
         if rows > self.most:
             raise EdgevoiceError(f"the KV cache holds {self.most} tokens; {rows} do not fit")
-        target = min(self.most, -(-rows // self.step) * self.step)
+        capacity = self.capacity(state)
+        target = min(self.most, -(-rows // self.step) * self.step)  # whole steps (at_full_size: all)
+        if target <= capacity:
+            return dict(state)
         grown = {}
         for name, cache in state.items():
             widths = [(0, 0)] * cache.ndim

@@ -134,3 +134,18 @@ def test_build_profiles_and_manifest_carry_the_range(agx_vad, monkeypatch):
     assert (vad.dynamic_dims["batch"].min, vad.dynamic_dims["batch"].max) == (1, 2)
     assert vad.engine.build_flags["batch"] == [1, 1, 2] and built.sessions_held == 2
     assert said[0].startswith("jetson-orin-agx holds 2 sessions at once")
+
+
+def test_a_growing_kv_cache_is_budgeted_at_its_largest_capacity():
+    # The session grows the cache up to max_context rows: memory must hold that, not the first step.
+    from edgevoice.models.llm import LlmConfig, LlmModel, LlmStep
+    from edgevoice.recipes.base import RecipeComponent
+
+    model = LlmModel(LlmConfig(vocab_size=64, hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, ffn=48,
+                               max_context=64, prefill_max_tokens=8))
+    fixed, growing = (RecipeComponent(name, LlmStep(model, tokens=None, cache_step=step), {}, "test")
+                      for name, step in (("fixed", 0), ("growing", 16)))
+    by_name = {m.name: m for m in measure([fixed, growing], "fp32", sessions=2)}
+    two_sessions_full = 2 * (2 * 2) * (2 * 2 * 64 * 8 * 4)  # ping-pong x (k, v per layer) x (2 sessions, kv, rows, dim, fp32)
+    assert by_name["growing"].state_bytes == by_name["fixed"].state_bytes == two_sessions_full
+    assert by_name["growing"].io_bytes == by_name["fixed"].io_bytes > 0
