@@ -12,7 +12,7 @@ a fixed number (everything exported before the dim) report ``None`` and never gr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,11 +41,6 @@ class CacheGrowth:
         rows = component.dynamic_dims[dim]
         return cls(axis=axis, step=rows.min, most=rows.max)
 
-    def at_full_size(self) -> CacheGrowth:
-        """The rule that grows a cache to its largest size in one step, at its first call: for
-        sessions whose steps share batched calls, which only caches of one shape can."""
-        return replace(self, step=self.most)
-
     def capacity(self, state: Mapping[str, np.ndarray]) -> int:
         return int(next(iter(state.values())).shape[self.axis])
 
@@ -58,7 +53,7 @@ class CacheGrowth:
         if rows > self.most:
             raise EdgevoiceError(f"the KV cache holds {self.most} tokens; {rows} do not fit")
         capacity = self.capacity(state)
-        target = min(self.most, -(-rows // self.step) * self.step)  # whole steps (at_full_size: all)
+        target = min(self.most, -(-rows // self.step) * self.step)  # whole steps
         if target <= capacity:
             return dict(state)
         grown = {}

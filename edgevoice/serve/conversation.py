@@ -145,10 +145,10 @@ def shared_engines(agent: Agent, wrap: Callable[[Runner], Runner]) -> list[Runne
     # Steps share a call only at equal token counts; drafts would give each conversation's decode
     # steps their own (1 + draft) count, so batched conversations decode one token per call.
     llm.tail = 0
-    # Likewise only caches of one capacity share a call: each conversation's cache takes the full
-    # size at its first call instead of growing (growing saves ~25 % of a step alone, batching more).
-    if llm.growth is not None:
-        llm.growth = llm.growth.at_full_size()
+    # Caches grow as each conversation fills its own (runtime/cache_growth.py), and only caches of
+    # one capacity share a call. Not held at full size so that all would: with the GGUF-codes LLM,
+    # one step of 4 conversations at 1024 rows took 102 ms (25.5 ms a row, more than a lone step's
+    # 16.3), and at 256 rows 29.6 ms (7.4 a row; BENCHMARKS.md).
     wrapped = [pipeline.vad.runner, pipeline.asr.decoder, llm.prefill_runner]
     return wrapped if one_graph else [*wrapped, llm.decode_runner]
 

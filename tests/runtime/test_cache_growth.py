@@ -61,9 +61,3 @@ def test_caches_of_two_capacities_never_share_a_batched_call():
     large = CacheGrowth.of(_llm_entry("context")).room_for(small, 20)
     assert layout.signature({**step, **small}) != layout.signature({**step, **large})
     assert layout.signature({**step, **small}) == layout.signature({**step, **Runner(_llm_entry("context")).initial_state(1)})
-
-
-def test_at_full_size_the_first_call_takes_the_largest_capacity():
-    entry = _llm_entry("context")
-    full = CacheGrowth.of(entry).at_full_size()
-    assert full.capacity(full.room_for(Runner(entry).initial_state(1), 1)) == 48
