@@ -38,11 +38,14 @@ class StateSpec:
     batch_dim: int = 0  # which dim grows with the number of sessions
     dtype: torch.dtype = torch.float32
 
-    def zeros(self, batch_size: int, sizes: Mapping[str, int] | None = None) -> torch.Tensor:
-        """Zeros for ``batch_size`` sessions; ``sizes`` gives each named dim its length."""
+    def sized(self, batch_size: int, sizes: Mapping[str, int] | None = None) -> list[int]:
+        """The shape for ``batch_size`` sessions; ``sizes`` gives each named dim its length."""
         shape = [(sizes or {})[d] if isinstance(d, str) else d for d in self.shape]
         shape[self.batch_dim] = batch_size
-        return torch.zeros(shape, dtype=self.dtype)
+        return shape
+
+    def zeros(self, batch_size: int, sizes: Mapping[str, int] | None = None) -> torch.Tensor:
+        return torch.zeros(self.sized(batch_size, sizes), dtype=self.dtype)
 
 
 @dataclass(frozen=True)

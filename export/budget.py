@@ -256,11 +256,7 @@ def _meta_step(module, sessions: int, dims: str, mode: TorchFunctionMode | None 
     which = {"opt": 1, "max": 2}[dims]
     sizes = {"batch": sessions, **{name: r[which] for name, r in module.dim_ranges().items()}}
     inputs = [torch.zeros(_sized(spec.shape, sizes), dtype=spec.dtype, device="meta") for spec in module.input_specs()]
-    states = []
-    for spec in module.state_specs():
-        shape = _sized(spec.shape, sizes)
-        shape[spec.batch_dim] = sessions
-        states.append(torch.zeros(shape, dtype=spec.dtype, device="meta"))
+    states = [torch.zeros(spec.sized(sessions, sizes), dtype=spec.dtype, device="meta") for spec in module.state_specs()]
     try:
         with torch.no_grad(), (mode or contextlib.nullcontext()):
             return tuple(module.step(*inputs, *states))
@@ -293,12 +289,7 @@ def _itemsize(dtype: torch.dtype) -> int:
 def _state_bytes(module, sessions: int) -> int:
     """One copy of the sessions' state; a named state dim (a growing cache's "context") at its max."""
     sizes = {name: high for name, (_, _, high) in module.dim_ranges().items()}
-    total = 0
-    for spec in module.state_specs():
-        shape = _sized(spec.shape, sizes)
-        shape[spec.batch_dim] = sessions
-        total += torch.Size(shape).numel() * _itemsize(spec.dtype)
-    return total
+    return sum(torch.Size(spec.sized(sessions, sizes)).numel() * _itemsize(spec.dtype) for spec in module.state_specs())
 
 
 def budget_for(memories: Sequence[ComponentMemory], target: TargetProfile, precision: str, sessions: int = 1,
