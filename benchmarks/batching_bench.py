@@ -11,8 +11,13 @@ differ per row, as sessions' do) and B of them run as one call. Two timings per 
 Batch sizes are interleaved round by round, so a neighbour's load on a shared machine lands on
 all of them alike; compare ratios within one run. "per core" divides by the intra-op threads.
 
+A component whose caches grow (the cascade LLM's "context" rows, ``runtime/cache_growth.py``) is
+measured at each capacity of ``--context`` (default: its smallest and largest), reported as
+``llm@256``, ``llm@1024``: a step attends over every row of its cache, so the gain depends on it.
+
     python benchmarks/batching_bench.py [--cascade engines/cpu] [--tiny engines/tiny-cpu]
-        [--batches 1 2 4 8] [--threads 2] [--rounds 5] [--min-seconds 0.05] [--components vad llm ...] [--json out.json]
+        [--batches 1 2 4 8] [--threads 2] [--rounds 5] [--min-seconds 0.05] [--components vad llm ...]
+        [--context 256 512 768 1024] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgevoice.runtime.cache_growth import CacheGrowth
+
 # The step each component takes per session call: sizes of its named dims other than batch.
 STEP_DIMS = {"tokens": 1, "prefix_rows": 64, "text_rows": 16}
 # Per-row values of integer inputs (row i gets base + i * stride): sessions sit at different points.
@@ -33,11 +40,13 @@ ROW_INTS = {"position": (100, 7), "offset": (20, 3), "length": (5 * 16000, 8000)
             "cached": (64, 0), "prefix_len": (40, 1)}
 
 
-def row_feeds(component, row: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """One session's step: every input at batch 1, state zeros but for the counters."""
+def row_feeds(component, row: int, rng: np.random.Generator, capacity: int | None = None) -> dict[str, np.ndarray]:
+    """One session's step: every input at batch 1, state zeros but for the counters; a growing
+    cache holds ``capacity`` rows."""
+    sizes = {**STEP_DIMS, **({} if capacity is None else {_capacity_dim(component): capacity})}
     feeds = {}
     for spec in component.inputs:
-        shape = [1 if d == "batch" else STEP_DIMS.get(d, 1) if isinstance(d, str) else d for d in spec.shape]
+        shape = [1 if d == "batch" else sizes.get(d, 1) if isinstance(d, str) else d for d in spec.shape]
         if spec.dtype.startswith("int"):
             base, stride = ROW_INTS.get(spec.name, (1, 0))
             feeds[spec.name] = np.full(shape, base + row * stride, dtype=spec.dtype)
@@ -46,6 +55,25 @@ def row_feeds(component, row: int, rng: np.random.Generator) -> dict[str, np.nda
         else:
             feeds[spec.name] = (0.1 * rng.standard_normal(shape)).astype(spec.dtype)
     return feeds
+
+
+def _capacity_dim(component) -> str:
+    """The named dim of a growing cache (e.g. "context")."""
+    spec = component.input(component.state_inputs[0])
+    return spec.shape[CacheGrowth.of(component).axis]
+
+
+def capacities(component, asked: list[int] | None) -> list[int | None]:
+    """The cache capacities to measure ``component`` at: None for a fixed one."""
+    growth = CacheGrowth.of(component)
+    if growth is None:
+        return [None]
+    chosen = asked or [growth.step, growth.most]
+    wrong = [c for c in chosen if not growth.step <= c <= growth.most or c % growth.step]
+    if wrong:
+        raise SystemExit(f"--context {wrong}: {component.name}'s cache holds whole steps of {growth.step} rows, "
+                         f"{growth.step}..{growth.most}")
+    return chosen
 
 
 def per_call(call, min_seconds: float) -> float:
@@ -59,7 +87,8 @@ def per_call(call, min_seconds: float) -> float:
             return elapsed / calls
 
 
-def measure(runner, batches: list[int], rounds: int, min_seconds: float) -> dict[int, dict[str, float]]:
+def measure(runner, batches: list[int], rounds: int, min_seconds: float,
+            capacity: int | None = None) -> dict[int, dict[str, float]]:
     """Median over rounds of the seconds per call at each batch size: engine only, and with join + split.
 
     Each batch size has its own RowLayout, as each group of sessions stepping together would: the
@@ -68,7 +97,7 @@ def measure(runner, batches: list[int], rounds: int, min_seconds: float) -> dict
     from edgevoice.runtime.batching import RowLayout
 
     rng = np.random.default_rng(0)
-    steps = [row_feeds(runner.component, row, rng) for row in range(max(batches))]
+    steps = [row_feeds(runner.component, row, rng, capacity) for row in range(max(batches))]
     layouts = {b: RowLayout(runner.component) for b in batches}
     joined = {b: RowLayout(runner.component).join(steps[:b]) for b in batches}
 
@@ -98,12 +127,12 @@ def measure(runner, batches: list[int], rounds: int, min_seconds: float) -> dict
     return {b: {"engine_s": statistics.median(engine[b]), "batched_s": statistics.median(wrapped[b])} for b in batches}
 
 
-def lone_overhead(runner, rounds: int, min_seconds: float) -> dict[str, float]:
+def lone_overhead(runner, rounds: int, min_seconds: float, capacity: int | None = None) -> dict[str, float]:
     """A lone session's step through a BatchedRunner (one member: no wait, one thread hand-off)
     vs the plain runner's ``infer``, in ms per step."""
     from edgevoice.runtime.batching import BatchMembers, batched
 
-    step = row_feeds(runner.component, 0, np.random.default_rng(1))
+    step = row_feeds(runner.component, 0, np.random.default_rng(1), capacity)
     members = BatchMembers().join()
     wrapped = batched(runner, window_ms=2, max_batch=8, members=members)
     direct, through = [], []
@@ -115,7 +144,7 @@ def lone_overhead(runner, rounds: int, min_seconds: float) -> dict[str, float]:
 
 
 def bench_package(package: Path, names: list[str] | None, batches: list[int], threads: int,
-                  rounds: int, min_seconds: float) -> dict[str, dict]:
+                  rounds: int, min_seconds: float, context: list[int] | None = None) -> dict[str, dict]:
     from edgevoice.backends.ort import OrtRunner
     from edgevoice.manifest import read_manifest
     from edgevoice.runtime.batching import batch_support
@@ -131,12 +160,15 @@ def bench_package(package: Path, names: list[str] | None, batches: list[int], th
             print(f"{name}: falls back to per-session calls: {support.reason}", flush=True)
             continue
         runner = OrtRunner(component, manifest.path(component.onnx), threads=threads)
-        timings = measure(runner, batches, rounds, min_seconds)
-        results[name] = {str(b): summarize(b, t, timings[1], threads) for b, t in timings.items()}
-        print(f"{name}: " + "  ".join(f"B={b} {r['steps_per_s']:.1f}/s x{r['gain']:.2f} (engine x{r['engine_gain']:.2f})"
-                                      for b, r in ((int(k), v) for k, v in results[name].items())), flush=True)
-        results[name]["lone"] = lone_overhead(runner, rounds, min_seconds)
-        print(f"  lone session: {results[name]['lone']}", flush=True)
+        for capacity in capacities(component, context):
+            label = name if capacity is None else f"{name}@{capacity}"
+            timings = measure(runner, batches, rounds, min_seconds, capacity)
+            results[label] = {str(b): summarize(b, t, timings[1], threads) for b, t in timings.items()}
+            print(f"{label}: " + "  ".join(f"B={b} {r['steps_per_s']:.1f}/s x{r['gain']:.2f} "
+                                           f"(engine x{r['engine_gain']:.2f})"
+                                           for b, r in ((int(k), v) for k, v in results[label].items())), flush=True)
+            results[label]["lone"] = lone_overhead(runner, rounds, min_seconds, capacity)
+            print(f"  lone session: {results[label]['lone']}", flush=True)
         del runner
     return results
 
@@ -163,6 +195,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-seconds", type=float, default=0.05, help="time each point over at least this long")
     parser.add_argument("--components", nargs="*", default=None, help="only these components (default: all)")
+    parser.add_argument("--context", type=int, nargs="*", default=None,
+                        help="capacities (rows) to measure a growing cache at (default: its smallest and largest)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     if 1 not in args.batches:
@@ -177,7 +211,8 @@ def main() -> None:
         if (package / "manifest.json").is_file():
             print(f"== {package}", flush=True)
             report["packages"][str(package)] = bench_package(package, args.components, sorted(args.batches),
-                                                             args.threads, args.rounds, args.min_seconds)
+                                                             args.threads, args.rounds, args.min_seconds,
+                                                             args.context)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -146,9 +146,10 @@ def shared_engines(agent: Agent, wrap: Callable[[Runner], Runner]) -> list[Runne
     # steps their own (1 + draft) count, so batched conversations decode one token per call.
     llm.tail = 0
     # Caches grow as each conversation fills its own (runtime/cache_growth.py), and only caches of
-    # one capacity share a call. Not held at full size so that all would: with the GGUF-codes LLM,
-    # one step of 4 conversations at 1024 rows took 102 ms (25.5 ms a row, more than a lone step's
-    # 16.3), and at 256 rows 29.6 ms (7.4 a row; BENCHMARKS.md).
+    # one capacity share a call. Not held at full size so that all would: a lone step or a group of
+    # new conversations runs over 256 rows, not 1024 (GGUF-codes LLM, through the batcher: 11.0 vs
+    # 16.5 ms alone, 29.5 vs 43.3 ms for 4 conversations; BENCHMARKS.md). Three or more
+    # conversations decoding at once over different capacities would do better at full size.
     wrapped = [pipeline.vad.runner, pipeline.asr.decoder, llm.prefill_runner]
     return wrapped if one_graph else [*wrapped, llm.decode_runner]
 
