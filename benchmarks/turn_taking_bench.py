@@ -231,11 +231,11 @@ def run_ours(policy, item: Item, probs: np.ndarray, score=None, words: Words | N
 
 def _hear_words(policy, words: Words, votes: dict, now: float, heard: np.ndarray):
     """Start the words' vote once a silence reaches the speculation point; deliver it when due."""
-    from edgevoice.runtime.turns import Decision, TurnState
+    from edgevoice.runtime.turns import Decision, TurnState, elapsed_ms
 
     end = policy.last_speech
     if policy.state is TurnState.USER_SPEAKING and end is not None and end not in votes \
-            and (now - end) * 1000 >= words.speculate_after_ms:
+            and elapsed_ms(end, now) >= words.speculate_after_ms:
         transcript, prob, seconds = words(heard.reshape(-1))
         votes[end] = {"at_s": round(now + seconds, 3), "transcript": transcript,
                       "prob": None if prob is None else round(prob, 5), "compute_ms": round(seconds * 1e3, 1),

@@ -40,6 +40,16 @@ import enum
 from dataclasses import dataclass
 
 
+def elapsed_ms(since: float, until: float) -> float:
+    """Milliseconds from ``since`` to ``until``, rounded to the microsecond.
+
+    Frame times are multiples of 32 ms that a float holds only nearly: two frames of silence came
+    out as 63.99999999999999 ms at 58 of 1999 frame positions, and a 64 ms mark then waited one
+    frame (32 ms) more. Marks are whole milliseconds, so rounding loses nothing.
+    """
+    return round((until - since) * 1000.0, 3)
+
+
 class TurnState(enum.Enum):
     LISTENING = "listening"
     USER_SPEAKING = "user_speaking"
@@ -224,10 +234,10 @@ class VadTurnPolicy(TurnPolicy):
         return Decision.USER_STARTED
 
     def _user_speaking(self, time: float, speech: bool) -> Decision:
-        silence_ms = (time - self.last_speech) * 1000 if self.last_speech is not None else 0.0
+        silence_ms = elapsed_ms(self.last_speech, time) if self.last_speech is not None else 0.0
         if speech or silence_ms < self.options.endpoint_silence_ms:
             return Decision.NONE
-        duration_ms = (self.last_speech - self.speech_start) * 1000
+        duration_ms = elapsed_ms(self.speech_start, self.last_speech)
         if duration_ms < self.options.min_turn_ms:
             self.state = TurnState.LISTENING
             return Decision.DISMISS
@@ -245,12 +255,12 @@ class VadTurnPolicy(TurnPolicy):
                 self.speech_start = self._run_start
                 return Decision.PAUSE
             return Decision.NONE
-        talked_ms = (self.last_speech - self.speech_start) * 1000
+        talked_ms = elapsed_ms(self.speech_start, self.last_speech)
         if talked_ms >= self.options.backchannel_max_ms:
             self.paused = False
             self.state = TurnState.USER_SPEAKING  # their turn now; endpointing continues from here
             return Decision.BARGE_IN
-        silence_ms = (time - self.last_speech) * 1000
+        silence_ms = elapsed_ms(self.last_speech, time)
         # Long enough that the pause after "Wait," does not count as the end of a backchannel.
         if not speech and silence_ms >= self.options.resume_silence_ms:
             self.paused = False
@@ -373,7 +383,7 @@ class SemanticTurnPolicy(VadTurnPolicy):
             self._audio_complete = self._words_heard = False
 
     def _turn_ms(self) -> float:
-        return (self.last_speech - self.speech_start) * 1000
+        return elapsed_ms(self.speech_start, self.last_speech)
 
     def _silence_ms(self, time: float) -> float:
-        return (time - self.last_speech) * 1000
+        return elapsed_ms(self.last_speech, time)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from edgevoice.runtime.turns import Decision, ScoreRequest, SemanticTurnPolicy, TurnOptions, TurnState, VadTurnPolicy
+from edgevoice.runtime.turns import (
+    Decision,
+    ScoreRequest,
+    SemanticTurnPolicy,
+    TurnOptions,
+    TurnState,
+    VadTurnPolicy,
+    elapsed_ms,
+)
 
 FRAME = 0.032
 
@@ -342,3 +350,21 @@ def test_sure_words_take_the_turn_while_the_audio_still_says_incomplete():
     for bad in (0.001, 1.0):  # below text_eot_threshold (0.01), or never reachable
         with pytest.raises(ValueError, match="text_eot_sure"):
             TurnOptions(text_eot_sure=bad)
+
+
+def test_two_frames_of_silence_meet_a_64_ms_mark_wherever_they_fall():
+    # Frame times as the virtual clock stamps them (k * 512 / 16000 s): a float holds them only
+    # nearly, and plain subtraction made two frames of silence 63.99999999999999 ms at some positions.
+    options = TurnOptions(endpoint_silence_ms=64.0)
+    late = []
+    for start in range(0, 2000, 3):
+        policy = VadTurnPolicy(options)
+        for k in range(start, start + 40):
+            now = (k + 1) * 512 / 16000
+            speech = k < start + 12
+            if policy.update(now, 0.95 if speech else 0.02, 0.1 if speech else 0.0) is Decision.END_OF_TURN:
+                if k != start + 12 + 1:  # the second silent frame after the twelfth speech frame
+                    late.append(start)
+                break
+    assert late == []
+    assert elapsed_ms(2 * 512 / 16000 * 11, 2 * 512 / 16000 * 12) == 64.0

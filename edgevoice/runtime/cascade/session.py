@@ -64,6 +64,7 @@ from edgevoice.runtime.turns import (
     TurnOptions,
     TurnState,
     VadTurnPolicy,
+    elapsed_ms,
 )
 from edgevoice.runtime.workers import Worker
 
@@ -305,7 +306,7 @@ class DuplexSession(ListenLoop):
         if not self.options.think_while_listening or not self._heard:
             return
         last = self.policy.last_speech or now
-        silence_ms = (now - last) * 1000
+        silence_ms = elapsed_ms(last, now)
         spec = self._speculation
         if spec is not None and spec.audio_key != last:  # the user went on: that answer is stale
             self._drop_speculation()
@@ -428,7 +429,7 @@ class DuplexSession(ListenLoop):
             return
         if not self._backchannel_clips or self.io.speaker.readable or self.policy.last_speech is None:
             return
-        silence_ms = (now - self.policy.last_speech) * 1000
+        silence_ms = elapsed_ms(self.policy.last_speech, now)
         phrase = scheduler.offer(now, silence_ms, self._incomplete if self._scorer is not None else None)
         if phrase is None:
             return

@@ -57,7 +57,13 @@ from edgevoice.runtime import events as ev
 from edgevoice.runtime.events import EventBus
 from edgevoice.runtime.loop import ListenLoop, first_audio_summary
 from edgevoice.runtime.reply import Generation
-from edgevoice.runtime.turns import Decision, TurnOptions, TurnState, VadTurnPolicy
+from edgevoice.runtime.turns import (
+    Decision,
+    TurnOptions,
+    TurnState,
+    VadTurnPolicy,
+    elapsed_ms,
+)
 from edgevoice.runtime.vocalnet.pipeline import ReplyStep, VocalNetPipeline
 from edgevoice.runtime.workers import Stepper
 
@@ -245,7 +251,7 @@ class VocalNetSession(ListenLoop):
             return
         if self._speculation is not None and self._speculation.gen.audio_key != last:
             self._drop_speculation("the user went on")
-        silent_enough = (now - last) * 1000 >= self.options.speculate_after_ms
+        silent_enough = elapsed_ms(last, now) >= self.options.speculate_after_ms
         if not silent_enough or (self._turn_cut is not None and self._turn_cut[0] == last):
             return
         self._turn_cut = (last, self._turn_audio())
