@@ -43,7 +43,7 @@ ROW_INTS = {"position": (100, 7), "offset": (20, 3), "length": (5 * 16000, 8000)
 def row_feeds(component, row: int, rng: np.random.Generator, capacity: int | None = None) -> dict[str, np.ndarray]:
     """One session's step: every input at batch 1, state zeros but for the counters; a growing
     cache holds ``capacity`` rows."""
-    sizes = {**STEP_DIMS, **({} if capacity is None else {_capacity_dim(component): capacity})}
+    sizes = {**STEP_DIMS, **({} if capacity is None else {CacheGrowth.of(component).dim: capacity})}
     feeds = {}
     for spec in component.inputs:
         shape = [1 if d == "batch" else sizes.get(d, 1) if isinstance(d, str) else d for d in spec.shape]
@@ -55,12 +55,6 @@ def row_feeds(component, row: int, rng: np.random.Generator, capacity: int | Non
         else:
             feeds[spec.name] = (0.1 * rng.standard_normal(shape)).astype(spec.dtype)
     return feeds
-
-
-def _capacity_dim(component) -> str:
-    """The named dim of a growing cache (e.g. "context")."""
-    spec = component.input(component.state_inputs[0])
-    return spec.shape[CacheGrowth.of(component).axis]
 
 
 def capacities(component, asked: list[int] | None) -> list[int | None]:

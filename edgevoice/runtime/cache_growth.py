@@ -24,6 +24,7 @@ from edgevoice.manifest import Component
 class CacheGrowth:
     """Where a graph's cache capacity sits and how far it may grow."""
 
+    dim: str  # the graph's name for the capacity dim, e.g. "context"
     axis: int  # the capacity axis of every cache tensor, e.g. 2 in (batch, kv_heads, "context", head_dim)
     step: int  # rows added at a time: the dim's smallest size
     most: int  # the dim's largest size (the model's max_context)
@@ -39,7 +40,7 @@ class CacheGrowth:
             return None
         axis, dim = named[0]
         rows = component.dynamic_dims[dim]
-        return cls(axis=axis, step=rows.min, most=rows.max)
+        return cls(dim=dim, axis=axis, step=rows.min, most=rows.max)
 
     def capacity(self, state: Mapping[str, np.ndarray]) -> int:
         return int(next(iter(state.values())).shape[self.axis])

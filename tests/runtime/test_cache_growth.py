@@ -34,7 +34,7 @@ def test_a_fixed_capacity_never_grows():
 def test_the_cache_starts_at_its_smallest_size_and_grows_by_whole_steps():
     entry = _llm_entry("context")
     growth = CacheGrowth.of(entry)
-    assert growth == CacheGrowth(axis=2, step=16, most=48)
+    assert growth == CacheGrowth(dim="context", axis=2, step=16, most=48)
     state = Runner(entry).initial_state(1)
     assert {v.shape for v in state.values()} == {(1, 2, 16, 4)}
     assert growth.room_for(state, 16)["k_cache_0"] is state["k_cache_0"]  # room enough: no copy
