@@ -234,11 +234,10 @@ class VadTurnPolicy(TurnPolicy):
         return Decision.USER_STARTED
 
     def _user_speaking(self, time: float, speech: bool) -> Decision:
-        silence_ms = elapsed_ms(self.last_speech, time) if self.last_speech is not None else 0.0
+        silence_ms = self._silence_ms(time) if self.last_speech is not None else 0.0
         if speech or silence_ms < self.options.endpoint_silence_ms:
             return Decision.NONE
-        duration_ms = elapsed_ms(self.speech_start, self.last_speech)
-        if duration_ms < self.options.min_turn_ms:
+        if self._turn_ms() < self.options.min_turn_ms:
             self.state = TurnState.LISTENING
             return Decision.DISMISS
         return self._end_turn(silence_ms, None, "vad")
@@ -248,6 +247,14 @@ class VadTurnPolicy(TurnPolicy):
         self.turn_end = TurnEnd(silence_ms, eot_prob, by)
         return Decision.END_OF_TURN
 
+    def _turn_ms(self) -> float:
+        """How long the user's current speech has run, onset to last speech frame."""
+        return elapsed_ms(self.speech_start, self.last_speech)
+
+    def _silence_ms(self, time: float) -> float:
+        """Silence since the last speech frame."""
+        return elapsed_ms(self.last_speech, time)
+
     def _agent_has_floor(self, time: float, speech: bool, onset: bool) -> Decision:
         if not self.paused:
             if onset:
@@ -255,14 +262,12 @@ class VadTurnPolicy(TurnPolicy):
                 self.speech_start = self._run_start
                 return Decision.PAUSE
             return Decision.NONE
-        talked_ms = elapsed_ms(self.speech_start, self.last_speech)
-        if talked_ms >= self.options.backchannel_max_ms:
+        if self._turn_ms() >= self.options.backchannel_max_ms:
             self.paused = False
             self.state = TurnState.USER_SPEAKING  # their turn now; endpointing continues from here
             return Decision.BARGE_IN
-        silence_ms = elapsed_ms(self.last_speech, time)
         # Long enough that the pause after "Wait," does not count as the end of a backchannel.
-        if not speech and silence_ms >= self.options.resume_silence_ms:
+        if not speech and self._silence_ms(time) >= self.options.resume_silence_ms:
             self.paused = False
             return Decision.RESUME
         return Decision.NONE
@@ -381,9 +386,3 @@ class SemanticTurnPolicy(VadTurnPolicy):
             self._next_check_ms = self.options.eot_first_check_ms
             self._awaited = self._last_prob = self._words_prob = None
             self._audio_complete = self._words_heard = False
-
-    def _turn_ms(self) -> float:
-        return elapsed_ms(self.speech_start, self.last_speech)
-
-    def _silence_ms(self, time: float) -> float:
-        return elapsed_ms(self.last_speech, time)
