@@ -83,6 +83,23 @@ def cascade_package():
 
 
 @pytest.fixture(scope="session")
+def cpu_conversation(cascade_package, tmp_path_factory) -> dict:
+    """`edgevoice talk --input examples/conversation.wav` on the CPU package, run once for every test
+    that reads it: the ``--json`` report, and the paths of what it said and its events."""
+    import json
+    import sys
+
+    out = tmp_path_factory.mktemp("cpu_conversation")
+    said, events = out / "said.wav", out / "events.jsonl"
+    cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(cascade_package.directory),
+           "--input", str(REPO / "examples" / "conversation.wav"), "--output", str(said), "--events", str(events),
+           "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert result.returncode == 0, result.stderr
+    return {"report": json.loads(result.stdout), "said": said, "events": events}
+
+
+@pytest.fixture(scope="session")
 def tiny_package():
     """The `tiny` package where `edgevoice export --model tiny --target cpu` puts it (about 1 min the
     first time). A package from before the recipe gained its Silero VAD gate or the server's

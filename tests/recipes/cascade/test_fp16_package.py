@@ -54,8 +54,8 @@ def test_the_jetson_export_is_fp16_and_passes_the_op_check(jetson_package):
         assert ": OK" in component.trt_check["10.3"], (name, component.trt_check)
 
 
-def test_the_fp16_package_holds_the_same_conversation_as_the_cpu_one(jetson_package, cascade_package, tmp_path):
-    fp16, fp32 = talk(jetson_package, tmp_path), talk(cascade_package.directory, tmp_path)
+def test_the_fp16_package_holds_the_same_conversation_as_the_cpu_one(jetson_package, cpu_conversation, tmp_path):
+    fp16, fp32 = talk(jetson_package, tmp_path), cpu_conversation["report"]
     assert len(fp32["turns"]) == 3, fp32["turns"]  # the recording: a question, a barge-in, a new question
     assert [t["transcript"] for t in fp16["turns"]] == [t["transcript"] for t in fp32["turns"]]
     assert [t["interrupted"] for t in fp16["turns"]] == [t["interrupted"] for t in fp32["turns"]]

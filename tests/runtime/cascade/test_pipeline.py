@@ -134,15 +134,10 @@ def test_talk_ends_turns_on_the_end_of_turn_model_unless_told_not_to(cascade_pac
     assert vad_only["endpoint"] == "vad" and vad_only["eot_prob"] is None and vad_only["silence_ms"] >= 600
 
 
-def test_talk_plays_a_recorded_conversation(cascade_package, tmp_path):
+def test_talk_plays_a_recorded_conversation(cpu_conversation):
     """examples/conversation.wav: two questions, a barge-in ("Wait, tell me about dogs instead.")
     in the middle of the second answer, then a "mhm" during the third answer."""
-    out, events = tmp_path / "said.wav", tmp_path / "events.jsonl"
-    cmd = [sys.executable, "-m", "edgevoice.cli.main", "talk", "--package", str(cascade_package.directory),
-           "--input", str(REPO / "examples" / "conversation.wav"), "--output", str(out), "--events", str(events), "--json"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report, out, events = cpu_conversation["report"], cpu_conversation["said"], cpu_conversation["events"]
     turns = report["turns"]
     assert len(turns) == 3 and "paris" in words(turns[0]["reply"])
     assert "cats" in words(turns[1]["transcript"]) and "cats" in words(turns[1]["reply"]) and turns[1]["interrupted"]
